@@ -1,0 +1,36 @@
+# The few commands everybody runs. `make demo` and `make test` create the environment first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+# Development machines keep real handwriting in ../shared/data; use it when it is there.
+SHARED_DATA := $(wildcard $(abspath ../shared/data))
+ifneq ($(SHARED_DATA),)
+export CIFRAS_SHARED_DATA ?= $(SHARED_DATA)
+ifneq ($(wildcard $(SHARED_DATA)/mnist/mnist.npz),)
+export CIFRAS_MNIST_PATH ?= $(SHARED_DATA)/mnist/mnist.npz
+endif
+endif
+
+.PHONY: venv demo test lint bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,onnx]'
+	touch $@
+
+demo: venv
+	$(BIN)/cifras demo
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf .cifras .pytest_cache

@@ -1,0 +1,1 @@
+"""Prefect flows of cifras and the command-line program that runs them."""

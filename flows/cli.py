@@ -1,0 +1,87 @@
+"""The `cifras` command-line program: each subcommand runs one flow.
+
+User mistakes (bad paths, missing data, no model yet) print one `error:` line and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from tasks.errors import CifrasError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="cifras: read handwritten vote counts on scanned electoral telegrams.",
+)
+
+
+def _run(job: Callable[[], Any], as_json: bool, render: Callable[[Any], str] | None = None) -> Any:
+    """Run a flow; with --json only the JSON result reaches stdout (logs go to stderr)."""
+    try:
+        if as_json:
+            with contextlib.redirect_stdout(sys.stderr):
+                result = job()
+            sys.stdout.write(json.dumps(result, default=str) + "\n")
+        else:
+            result = job()
+            typer.echo(render(result) if render else json.dumps(result, indent=2, default=str))
+        return result
+    except CifrasError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+
+
+@app.command()
+def train(
+    epochs: int = typer.Option(None, help="Epochs (default from conf: 15)."),
+    batch_size: int = typer.Option(None, help="Batch size (default from conf: 128)."),
+    limit: int = typer.Option(None, help="Train on the first N MNIST digits only."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Train the reused MNIST CNN, register it, and promote it if it beats the champion."""
+    from flows.train import train_flow
+
+    _run(lambda: train_flow(epochs=epochs, batch_size=batch_size, limit=limit), as_json)
+
+
+@app.command("evaluate-digits")
+def evaluate_digits(
+    dataset: str = typer.Argument(..., help="An .npz with x/y or x_<split>/y_<split> (ink = 255)."),
+    split: str = typer.Option(None, help="Which x_<split>/y_<split> arrays to read."),
+    model: str = typer.Option(None, help="MLflow model URI (default models:/digit-cnn@champion)."),
+    reframe: str = typer.Option(None, help="Reframing: mnist or paper (default from conf)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Score the model on a digit dataset and log the run in the digit-eval experiment."""
+    from flows.evaluate import evaluate_digits_flow
+
+    if reframe is not None and reframe not in ("mnist", "paper"):
+        typer.echo(f"error: unknown reframing {reframe!r}; choose mnist or paper", err=True)
+        raise typer.Exit(code=2)
+    _run(lambda: evaluate_digits_flow(dataset, split=split, model=model, reframe=reframe), as_json)
+
+
+@app.command()
+def demo(
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """The main job on embedded defaults: train a champion if there is none, then evaluate it."""
+    from flows.demo import render, run_demo
+
+    _run(run_demo, as_json, render)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Training flow: load MNIST, train the reused CNN, evaluate, log, register, maybe promote."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow
+
+from tasks import tracking
+from tasks.model import to_model_input
+from tasks.model_tasks import (
+    MNIST_METRIC,
+    architecture_params,
+    load_mnist_task,
+    log_evaluation_task,
+    log_model_task,
+    predict_task,
+    register_task,
+    score_task,
+    train_task,
+)
+from tasks.settings import load_settings
+
+
+@flow(name="train", log_prints=True)
+def train_flow(
+    epochs: int | None = None, batch_size: int | None = None, limit: int | None = None
+) -> dict:
+    """Train a new digit-cnn version; the champion alias moves only if it is better."""
+    settings = load_settings()
+    epochs = epochs or settings.train.epochs
+    batch_size = batch_size or settings.train.batch_size
+    limit = limit if limit is not None else settings.train.limit
+
+    client = tracking.configure_mlflow(settings)
+    experiment = tracking.ensure_experiment(client, settings, settings.mlflow.train_experiment)
+    mnist = load_mnist_task(settings)
+    started = time.perf_counter()
+    with tracking.tracked_run(client, experiment, "train-mnist-convnet") as run_id:
+        tracking.log_params(client, run_id, {
+            **architecture_params(),
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "validation_split": settings.train.validation_split,
+            "optimizer": "adam",
+            "seed": settings.train.seed,
+            "train_samples": min(limit or len(mnist.train.y), len(mnist.train.y)),
+            "mnist_source": mnist.source,
+        })
+        model, _history = train_task(
+            mnist.train, settings, client, run_id, epochs, batch_size, limit
+        )
+        probs = predict_task(model, to_model_input(mnist.test.x), settings.evaluate.batch_size)
+        metrics = score_task(mnist.test.y, probs)
+        log_evaluation_task(client, run_id, metrics, "test_", "MNIST test")
+        wall = time.perf_counter() - started
+        tracking.log_metrics(client, run_id, {MNIST_METRIC: metrics["accuracy"], "train_wall_s": wall})
+        model_uri = log_model_task(model, run_id, to_model_input(mnist.test.x[:2]))
+        registry = register_task(client, settings, model_uri, run_id, metrics["accuracy"])
+    return {
+        "run_id": run_id,
+        "mnist_test": {k: metrics[k] for k in
+                       ("n", "accuracy", "precision_macro", "recall_macro", "f1_macro")},
+        "wall_s": round(wall, 1),
+        **registry,
+    }

@@ -1,0 +1,120 @@
+"""Typed settings: conf/default.yaml, overridden by CIFRAS_* environment variables.
+
+Strict and frozen so that a typo in a YAML key or an env var value is an error, not a silent
+default. The YAML file is `conf/default.yaml` next to the code unless CIFRAS_CONFIG names
+another one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from tasks.errors import CifrasError
+
+CONF_DIR = Path(os.environ.get("CIFRAS_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
+
+
+def config_file() -> Path:
+    return Path(os.environ.get("CIFRAS_CONFIG", CONF_DIR / "default.yaml"))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str | None = None
+    artifact_root: str | None = None
+    registered_model: str = "digit-cnn"
+    champion_alias: str = "champion"
+    train_experiment: str = "digit-train"
+    eval_experiment: str = "digit-eval"
+
+
+class TrainSettings(_Section):
+    epochs: int = 15
+    batch_size: int = 128
+    validation_split: float = 0.1
+    seed: int = 1
+    limit: int | None = None
+
+
+class EvaluateSettings(_Section):
+    model_uri: str = "models:/digit-cnn@champion"
+    batch_size: int = 1024
+    reframe: Literal["mnist", "paper"] = "mnist"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CIFRAS_",
+        env_nested_delimiter="__",
+        env_ignore_empty=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Path(".cifras")
+    shared_data: Path | None = None
+    # CIFRAS_MNIST_PATH: an mnist.npz or a folder with the four IDX .gz files.
+    mnist_path: Path | None = None
+    mnist_download_url: str
+    mnist_sha256: str | None = None
+    mlflow: MlflowSettings = MlflowSettings()
+    train: TrainSettings = TrainSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=config_file(), deep_merge=True)
+        return (init_settings, env_settings, yaml_source)
+
+    # Derived locations: kept here so every entry point agrees on them.
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        if self.mlflow.artifact_root:
+            return self.mlflow.artifact_root
+        return (self.data_dir / "mlartifacts").resolve().as_uri()
+
+    def shared_path(self, *parts: str) -> Path | None:
+        """A file in the shared development data, or None where that folder is absent."""
+        if self.shared_data is None:
+            return None
+        path = self.shared_data.joinpath(*parts)
+        return path if path.exists() else None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; a bad file or value becomes one CifrasError line."""
+    path = config_file()
+    if not path.is_file():
+        raise CifrasError(f"configuration file {path} not found (set CIFRAS_CONFIG)")
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CifrasError(f"invalid setting {where!r} in {path} or CIFRAS_* env: {first['msg']}") from exc

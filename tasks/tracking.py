@@ -1,0 +1,195 @@
+"""MLflow tracking and model registry: runs, registered versions, and the champion alias.
+
+Runs are driven through ``MlflowClient`` with explicit run ids, never the fluent active-run
+stack, because Prefect may execute tasks on other threads and the fluent API is not
+thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import CifrasError
+from tasks.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+def configure_mlflow(settings: Settings):
+    """Point MLflow at the configured store and return a client bound to it."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _artifact_location(settings: Settings, experiment: str) -> str | None:
+    if settings.mlflow.artifact_root:
+        return f"{settings.mlflow.artifact_root.rstrip('/')}/{experiment}"
+    if settings.mlflow_tracking_uri.startswith(("http://", "https://")):
+        return None  # the tracking server proxies artifacts to its own store
+    return f"{settings.mlflow_artifact_root}/{experiment}"
+
+
+def ensure_experiment(client, settings: Settings, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=_artifact_location(settings, name))
+        except MlflowException:  # created concurrently by another worker
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+    except MlflowException as exc:
+        raise CifrasError(f"MLflow at {settings.mlflow_tracking_uri} failed: {exc.message}") from exc
+    except OSError as exc:
+        raise CifrasError(f"MLflow at {settings.mlflow_tracking_uri} is unreachable: {exc}") from exc
+
+
+@contextmanager
+def tracked_run(
+    client, experiment_id: str, run_name: str, tags: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Create a run, yield its id, and close it as FINISHED or FAILED."""
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
+    run_id = run.info.run_id
+    try:
+        yield run_id
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+
+
+def log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    clean = [Param(k, str(v)[:6000]) for k, v in params.items() if v is not None]
+    if clean:
+        client.log_batch(run_id, params=clean)
+
+
+def log_metrics(client, run_id: str, metrics: dict[str, float | None], step: int = 0) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    clean = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+    if clean:
+        client.log_batch(run_id, metrics=clean)
+
+
+def log_json(client, run_id: str, obj: Any, name: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(obj, indent=2, default=str))
+        client.log_artifact(run_id, str(path))
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registry model resolved to one concrete version."""
+
+    uri: str  # as asked, e.g. models:/digit-cnn@champion
+    name: str | None
+    version: str | None  # None for run or path URIs outside the registry
+
+    @property
+    def pinned_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}" if self.name and self.version else self.uri
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/v{self.version}" if self.name and self.version else self.uri
+
+
+def resolve_model(client, uri: str) -> ModelRef:
+    """Resolve an alias or version URI so that every reading names the exact version."""
+    from mlflow.exceptions import MlflowException
+
+    m = _MODEL_URI.match(uri)
+    if not m:
+        return ModelRef(uri=uri, name=None, version=None)
+    name = m["name"]
+    try:
+        if m["alias"]:
+            mv = client.get_model_version_by_alias(name, m["alias"])
+        else:
+            mv = client.get_model_version(name, m["version"])
+    except MlflowException as exc:
+        raise CifrasError(
+            f"no model at {uri} in the registry; train one with `cifras train` "
+            f"or pass --model with an existing version"
+        ) from exc
+    return ModelRef(uri=uri, name=name, version=str(mv.version))
+
+
+_model_cache: dict[str, Any] = {}
+_model_lock = threading.Lock()
+
+
+def load_keras_model(ref: ModelRef):
+    """Load a model once per process (per worker), keyed by its pinned version."""
+    import mlflow
+    import mlflow.keras
+
+    key = f"{mlflow.get_registry_uri()} {ref.pinned_uri}"
+    with _model_lock:
+        if key not in _model_cache:
+            try:
+                _model_cache[key] = mlflow.keras.load_model(ref.pinned_uri)
+            except OSError as exc:
+                raise CifrasError(f"cannot load model {key}: {exc}") from exc
+            log.info("loaded model %s", key)
+        return _model_cache[key]
+
+
+def champion_score(client, name: str, alias: str, metric: str) -> tuple[str, float] | None:
+    """(version, score) of the current champion, or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    if metric in mv.tags:
+        return str(mv.version), float(mv.tags[metric])
+    run_metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    if metric in run_metrics:
+        return str(mv.version), float(run_metrics[metric])
+    return str(mv.version), float("-inf")
+
+
+def is_better(candidate: float, champion: float | None) -> bool:
+    """The alias moves only to a strictly better model (ties keep the incumbent)."""
+    return champion is None or candidate > champion
+
+
+def promote(client, name: str, alias: str, version: str) -> None:
+    """Move the alias and read it back, so a silent registry failure cannot go unnoticed."""
+    client.set_registered_model_alias(name, alias, version)
+    now = client.get_model_version_by_alias(name, alias)
+    if str(now.version) != str(version):
+        raise CifrasError(f"alias {alias} points at v{now.version}, expected v{version}")

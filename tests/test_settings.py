@@ -1,0 +1,45 @@
+import pytest
+
+from tasks.errors import CifrasError
+from tasks.settings import load_settings
+
+
+def test_defaults_use_local_sqlite(cifras_env, monkeypatch):
+    s = load_settings()
+    assert s.mlflow_tracking_uri == f"sqlite:///{(cifras_env / 'mlflow.db').resolve()}"
+    assert s.mlflow_artifact_root.startswith("file://")
+    assert s.train.epochs == 15 and s.train.batch_size == 128
+    assert s.evaluate.model_uri == "models:/digit-cnn@champion"
+
+
+def test_environment_overrides_nested_values(cifras_env, monkeypatch):
+    monkeypatch.setenv("CIFRAS_TRAIN__EPOCHS", "3")
+    monkeypatch.setenv("CIFRAS_MNIST_PATH", "/data/mnist.npz")
+    monkeypatch.setenv("CIFRAS_MLFLOW__TRACKING_URI", "http://127.0.0.1:5000")
+    s = load_settings()
+    assert s.train.epochs == 3
+    assert str(s.mnist_path) == "/data/mnist.npz"
+    assert s.mlflow_tracking_uri == "http://127.0.0.1:5000"
+
+
+def test_bad_value_is_one_clear_line(cifras_env, monkeypatch):
+    monkeypatch.setenv("CIFRAS_TRAIN__EPOCHS", "many")
+    with pytest.raises(CifrasError, match=r"train\.epochs") as err:
+        load_settings()
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_in_the_file_is_an_error(cifras_env, monkeypatch, tmp_path):
+    from tasks.settings import CONF_DIR
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((CONF_DIR / "default.yaml").read_text() + "\nepochz: 3\n")
+    monkeypatch.setenv("CIFRAS_CONFIG", str(bad))
+    with pytest.raises(CifrasError, match="epochz"):
+        load_settings()
+
+
+def test_missing_config_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("CIFRAS_CONFIG", str(tmp_path / "none.yaml"))
+    with pytest.raises(CifrasError, match="CIFRAS_CONFIG"):
+        load_settings()
