@@ -79,6 +79,69 @@ def demo(
     _run(run_demo, as_json, render)
 
 
+@app.command("draw-template")
+def draw_template_cmd(
+    scan: str = typer.Argument(..., help="Scan image (any URL fsspec reads)."),
+    out: str = typer.Option(..., "--out", help="PNG to write."),
+    template: str = typer.Option(None, help="Template name (default from conf)."),
+) -> None:
+    """Draw the template's cells and rules over a scan, to check the geometry by eye."""
+    import cv2
+    import numpy as np
+
+    from tasks.overlay import draw_template
+    from tasks.settings import load_settings
+    from tasks.storage import read_bytes, write_bytes
+    from tasks.template import load_template
+
+    def job() -> dict:
+        settings = load_settings()
+        tpl = load_template(template or settings.template)
+        try:
+            data = read_bytes(scan, settings)
+        except FileNotFoundError as exc:
+            raise CifrasError(f"scan {scan} not found") from exc
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            raise CifrasError(f"{scan} is not an image OpenCV can decode")
+        ok, png = cv2.imencode(".png", draw_template(img, tpl))
+        write_bytes(out, png.tobytes(), settings)
+        return {"scan": scan, "template": tpl.name, "cells": len(tpl.cells), "out": out}
+
+    _run(job, as_json=False)
+
+
+@app.command("load-results")
+def load_results(
+    csv_file: str = typer.Argument(..., help="Official results CSV (one row per mesa x category x party)."),
+    template: str = typer.Option(None, help="Template name (default from conf)."),
+    db: str = typer.Option(None, "--db", help="SQLAlchemy URL (default from conf)."),
+    create_mesas: bool = typer.Option(False, help="Register mesas not yet in the database."),
+) -> None:
+    """Load official results as labels, in one transaction: the whole file or nothing."""
+    from tasks.db import migrate
+    from tasks.official_results import parse_results_csv, store_labels
+    from tasks.settings import load_settings
+    from tasks.storage import read_bytes
+    from tasks.template import load_template
+
+    def job() -> dict:
+        settings = load_settings()
+        url = db or settings.db_url
+        tpl = load_template(template or settings.template)
+        try:
+            text = read_bytes(csv_file, settings).decode("utf-8-sig")
+        except FileNotFoundError as exc:
+            raise CifrasError(f"results file {csv_file} not found") from exc
+        except UnicodeDecodeError as exc:
+            raise CifrasError(f"results file {csv_file} is not UTF-8 text") from exc
+        labels = parse_results_csv(text, tpl)
+        migrate(url)
+        return store_labels(url, labels, tpl, source=csv_file, create_mesas=create_mesas)
+
+    _run(job, as_json=False)
+
+
 def main() -> None:
     app()
 

@@ -55,6 +55,21 @@ class EvaluateSettings(_Section):
     reframe: Literal["mnist", "paper"] = "mnist"
 
 
+class StorageSettings(_Section):
+    # fsspec URLs: file:// (default, under data_dir) or s3://bucket/prefix.
+    scans_uri: str | None = None
+    exports_uri: str | None = None
+    # S3-compatible endpoint (SeaweedFS, MinIO); empty means AWS. Keys come only from the
+    # environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), never from this file.
+    s3_endpoint_url: str | None = None
+
+
+class GenerateSettings(_Section):
+    digits: str = "mnist"
+    count: int = 100
+    seed: int = 0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CIFRAS_",
@@ -70,6 +85,11 @@ class Settings(BaseSettings):
     mnist_path: Path | None = None
     mnist_download_url: str
     mnist_sha256: str | None = None
+    # SQLAlchemy URL of the results database (CIFRAS_DATABASE_URL); empty: SQLite in data_dir.
+    database_url: str | None = None
+    template: str = "telegrama_nacional_2021"
+    storage: StorageSettings = StorageSettings()
+    generate: GenerateSettings = GenerateSettings()
     mlflow: MlflowSettings = MlflowSettings()
     train: TrainSettings = TrainSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
@@ -98,6 +118,20 @@ class Settings(BaseSettings):
         if self.mlflow.artifact_root:
             return self.mlflow.artifact_root
         return (self.data_dir / "mlartifacts").resolve().as_uri()
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'cifras.db').resolve()}"
+
+    @property
+    def scans_uri(self) -> str:
+        return self.storage.scans_uri or (self.data_dir / "scans").resolve().as_uri()
+
+    @property
+    def exports_uri(self) -> str:
+        return self.storage.exports_uri or (self.data_dir / "exports").resolve().as_uri()
 
     def shared_path(self, *parts: str) -> Path | None:
         """A file in the shared development data, or None where that folder is absent."""

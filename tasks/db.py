@@ -1,0 +1,172 @@
+"""The results database: telegrams (mesas and their scans), official results (the labels),
+pipeline runs and per-cell readings. SQLAlchemy 2 models; schema changes go through the
+Alembic migrations in tasks/migrations, never `create_all`.
+
+Unique keys make every write idempotent: a mesa is one telegram row, a label is one row per
+(telegram, cell), and a reading is one row per (scan content hash, cell, model version).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from tasks.errors import CifrasError
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Telegram(Base):
+    """One mesa's telegram: its identity, and the scan once one has been seen."""
+
+    __tablename__ = "telegrams"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    mesa_code: Mapped[str] = mapped_column(String(32), unique=True)
+    distrito: Mapped[int] = mapped_column(Integer)
+    seccion: Mapped[int] = mapped_column(Integer)
+    circuito: Mapped[str] = mapped_column(String(16))
+    mesa: Mapped[int] = mapped_column(Integer)
+    template: Mapped[str] = mapped_column(String(64))
+    scan_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class OfficialResult(Base):
+    """The label of one cell, as published by the electoral authority."""
+
+    __tablename__ = "official_results"
+    __table_args__ = (UniqueConstraint("telegram_id", "cell_id", name="uq_official_cell"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    telegram_id: Mapped[int] = mapped_column(ForeignKey("telegrams.id", ondelete="CASCADE"), index=True)
+    cell_id: Mapped[str] = mapped_column(String(64))
+    value: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(256))
+
+
+class Run(Base):
+    """One pipeline flow run (also an MLflow run)."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    flow: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    model_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    template: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Reading(Base):
+    """What the pipeline read in one cell of one scan, traceable to image and model."""
+
+    __tablename__ = "readings"
+    __table_args__ = (
+        UniqueConstraint("content_hash", "cell_id", "model_version", name="uq_reading"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    telegram_id: Mapped[int | None] = mapped_column(
+        ForeignKey("telegrams.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    content_hash: Mapped[str] = mapped_column(String(64))
+    scan_uri: Mapped[str] = mapped_column(Text)
+    template: Mapped[str] = mapped_column(String(64))
+    cell_id: Mapped[str] = mapped_column(String(64))
+    value: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    digits: Mapped[str] = mapped_column(String(32), default="")
+    digit_probs: Mapped[list[Any]] = mapped_column(default=list)
+    confidence: Mapped[float] = mapped_column(Float, default=0.0)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    model_version: Mapped[str] = mapped_column(String(128))
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the nightly writer
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+@cache
+def get_engine(url: str) -> Engine:
+    """One pooled engine per URL and process; SQLite files get their folder created."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, pool_pre_ping=True, future=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to the newest migration (safe to call on every start)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    try:
+        with get_engine(url).begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except OperationalError as exc:
+        raise CifrasError(f"database {safe_url(url)} is unreachable: {exc.orig}") from exc
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for logs and messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<database url>"
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """One transaction: committed on success, rolled back whole on any error."""
+    maker = sessionmaker(get_engine(url), expire_on_commit=False)
+    with maker.begin() as session:
+        yield session
