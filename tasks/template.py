@@ -38,6 +38,9 @@ class Registration(BaseModel):
     vertical_rules: tuple[int, ...]
     table_box: Box
     header_box: Box | None = None
+    # Rotation of the template's own coordinates (degrees, clockwise), when they were measured
+    # on a slightly skewed reference scan: its rules are straight only after undoing it.
+    skew_deg: float = 0.0
 
 
 class Cell(_Strict):

@@ -1,0 +1,61 @@
+"""From per-digit probabilities to a cell reading: value, digit string, confidence, status.
+
+Statuses: ``ok`` (read and confident), ``review`` (read, but a person should look),
+``empty`` (nothing written), ``unreadable`` (marks that are not digits). A blank cell is
+``empty``, never a guessed zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from tasks.segment import Segmentation
+
+TOP_K = 3
+
+
+@dataclass
+class CellReading:
+    value: int | None
+    digits: str
+    confidence: float
+    status: str
+    reason: str | None = None
+    digit_probs: list[list[tuple[int, float]]] = field(default_factory=list)  # top-k per digit
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def top_candidates(p: np.ndarray, k: int = TOP_K) -> list[tuple[int, float]]:
+    order = np.argsort(p)[::-1][:k]
+    return [(int(d), round(float(p[d]), 4)) for d in order]
+
+
+def compose(seg: Segmentation, probs: np.ndarray, max_digits: int, ok_threshold: float) -> CellReading:
+    """Rebuild the number from its digits; low confidence or too many digits go to review."""
+    if seg.kind == "empty":
+        return CellReading(None, "", 1.0, "empty", seg.reason)
+    if seg.kind == "unreadable":
+        return CellReading(None, "", 0.0, "unreadable", seg.reason)
+    if seg.kind == "dash":
+        return CellReading(0, "-", 1.0, "ok", None)
+    if len(probs) == 0:
+        return CellReading(None, "", 0.0, "unreadable", "no digit found")
+    best = probs.argmax(axis=1)
+    digits = "".join(str(int(d)) for d in best)
+    conf = float(np.prod(probs.max(axis=1)))
+    reading = CellReading(int(digits), digits, round(conf, 4), "ok", None,
+                          [top_candidates(p) for p in probs])
+    if len(digits) > max_digits:
+        reading.status, reading.reason = "review", (
+            f"{len(digits)} marks read as digits in a {max_digits}-digit cell")
+    elif conf < ok_threshold:
+        weakest = int(probs.max(axis=1).argmin())
+        alt = top_candidates(probs[weakest], 2)
+        reading.status, reading.reason = "review", (
+            f"low confidence {conf:.2f}: digit {weakest + 1} is {alt[0][0]} ({alt[0][1]:.2f}) "
+            f"or {alt[1][0]} ({alt[1][1]:.2f})")
+    return reading

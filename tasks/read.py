@@ -1,0 +1,139 @@
+"""Reading scans end to end, as pure functions: decode, register, crop, segment, reframe,
+then one batched inference across many scans and the composition of each cell's number.
+
+`prepare_scan` is everything before the model, per scan; `infer_and_compose` feeds the digits
+of a whole chunk of scans to the model at once, which is where batching pays.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tasks.compose import CellReading, compose
+from tasks.decode import decode_scan
+from tasks.inference import predict_proba
+from tasks.reframe import reframe_many
+from tasks.register import register_upright
+from tasks.segment import Segmentation, crop_cell, segment_cell
+from tasks.template import Template
+
+MESA_CODE = re.compile(r"^(\d{2})(\d{3})(\d{5})X$")
+
+
+@dataclass
+class ReadOptions:
+    pad: int = 8
+    ok_threshold: float = 0.9
+    reframe: str = "mnist"
+    batch_size: int = 2048
+    max_pixels: int = 80_000_000
+
+
+@dataclass
+class PreparedScan:
+    uri: str
+    content_hash: str
+    status: str  # "ok" or why it cannot be read: "unreadable", "unaligned"
+    reason: str | None = None
+    quality: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    segs: dict[str, Segmentation] = field(default_factory=dict)
+    crops: dict[str, np.ndarray] = field(default_factory=dict)  # grey cell crops (numbers dataset)
+    inputs: np.ndarray | None = None  # (n_digits, 28, 28, 1) for all cells, in cell order
+    owners: list[str] = field(default_factory=list)  # cell id of each row of `inputs`
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ScanReading:
+    uri: str
+    content_hash: str
+    status: str
+    reason: str | None
+    quality: float
+    notes: list[str]
+    cells: dict[str, CellReading]
+    crops: dict[str, np.ndarray] = field(default_factory=dict)
+    digit_inputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def prepare_scan(data: bytes, uri: str, content_hash: str, template: Template, opt: ReadOptions) -> PreparedScan:
+    """Decode, register, crop and segment one scan; never raises for bad input."""
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    decoded = decode_scan(data, max_pixels=opt.max_pixels)
+    t["decode"] = time.perf_counter() - t0
+    if not decoded.ok:
+        return PreparedScan(uri, content_hash, "unreadable", decoded.reason, timings=t)
+    t0 = time.perf_counter()
+    alignment, gray = register_upright(decoded.gray, template)
+    t["register"] = time.perf_counter() - t0
+    if not alignment.ok:
+        return PreparedScan(uri, content_hash, "unaligned", alignment.reason, alignment.quality, timings=t)
+    prep = PreparedScan(uri, content_hash, "ok", None, alignment.quality, list(alignment.notes), timings=t)
+    t_crop = t_seg = 0.0
+    digit_images: list[np.ndarray] = []
+    for cell in template.cells:
+        t0 = time.perf_counter()
+        crop = crop_cell(gray, alignment.matrix, cell.box, opt.pad)
+        t1 = time.perf_counter()
+        edges = [e - cell.box[0] + opt.pad for e in cell.subbox_edges]
+        seg = segment_cell(crop, opt.pad, cell.max_digits, edges)
+        t_seg += time.perf_counter() - t1
+        t_crop += t1 - t0
+        prep.segs[cell.id] = seg
+        prep.crops[cell.id] = crop
+        digit_images.extend(seg.digits)
+        prep.owners.extend([cell.id] * len(seg.digits))
+    t["crop"], t["segment"] = t_crop, t_seg
+    t0 = time.perf_counter()
+    prep.inputs = reframe_many(digit_images, opt.reframe, ink="bright")  # type: ignore[arg-type]
+    t["reframe"] = time.perf_counter() - t0
+    return prep
+
+
+def infer_and_compose(
+    prepared: list[PreparedScan], template: Template, model, opt: ReadOptions
+) -> tuple[list[ScanReading], dict[str, float]]:
+    """One model call over the digits of all scans, then each cell's reading."""
+    timings: dict[str, float] = {}
+    ready = [p for p in prepared if p.status == "ok" and p.inputs is not None]
+    t0 = time.perf_counter()
+    batch = np.concatenate([p.inputs for p in ready]) if ready else np.zeros((0, 28, 28, 1), np.float32)
+    probs = predict_proba(model, batch, opt.batch_size) if len(batch) else np.zeros((0, 10), np.float32)
+    timings["infer"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out: list[ScanReading] = []
+    offset = 0
+    for p in prepared:
+        if p.status != "ok" or p.inputs is None:
+            out.append(ScanReading(p.uri, p.content_hash, p.status, p.reason, p.quality, p.notes, {}))
+            continue
+        n = len(p.owners)
+        mine, inputs = probs[offset : offset + n], p.inputs
+        offset += n
+        rows: dict[str, list[int]] = defaultdict(list)
+        for i, owner in enumerate(p.owners):
+            rows[owner].append(i)
+        cells = {}
+        digit_inputs = {}
+        for cell in template.cells:
+            idx = rows.get(cell.id, [])
+            cells[cell.id] = compose(p.segs[cell.id], mine[idx], cell.max_digits, opt.ok_threshold)
+            if idx:
+                digit_inputs[cell.id] = inputs[idx]
+        out.append(ScanReading(p.uri, p.content_hash, "ok", None, p.quality, p.notes, cells,
+                               p.crops, digit_inputs))
+    timings["compose"] = time.perf_counter() - t0
+    return out, timings
+
+
+def mesa_code_from_uri(uri: str) -> str | None:
+    """Scans are named by the telegram code printed under the barcode, e.g. 2100100001X.jpg."""
+    stem = uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return stem if MESA_CODE.match(stem) else None

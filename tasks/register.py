@@ -1,0 +1,198 @@
+"""Registration: find the template's printed rules in a scan and estimate the affine map from
+template to scan (rotation, shift, scale), with a quality score.
+
+Pure functions on grey images. The method is deliberately cheap (a few ms a scan): deskew by
+the projection profile of ink, find long rules with morphology, then match the detected rule
+positions to the template's by a voted 1-D scale-and-offset fit on each axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from tasks.template import Template
+
+WORK_SCALE = 0.5  # rules are found on a half-size image
+ANGLES_COARSE = np.arange(-4.0, 4.01, 0.25)
+MATCH_TOL = 4.0  # px (template scale) for a detected rule to count as a template rule
+
+
+@dataclass(frozen=True)
+class Alignment:
+    ok: bool
+    matrix: np.ndarray  # 2x3, template -> scan pixel coordinates
+    angle_deg: float
+    scale: tuple[float, float]
+    quality: float  # share of template rules found at their place, 0-1
+    residual_px: float
+    reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def ink_mask(gray: np.ndarray) -> np.ndarray:
+    """Binary ink (255) from a grey scan, robust to uneven light (local mean threshold)."""
+    h, w = gray.shape
+    coarse = cv2.resize(gray, (max(1, w // 16), max(1, h // 16)), interpolation=cv2.INTER_AREA)
+    coarse = cv2.dilate(coarse, np.ones((3, 3), np.uint8))  # paper level, ignoring thin ink
+    blur = cv2.resize(cv2.GaussianBlur(coarse, (0, 0), 2), (w, h), interpolation=cv2.INTER_LINEAR)
+    # ink is clearly darker than its neighbourhood
+    return np.where(gray.astype(np.int16) < blur.astype(np.int16) - 40, 255, 0).astype(np.uint8)
+
+
+def estimate_skew(mask: np.ndarray, angles: np.ndarray | None = None) -> float:
+    """Angle (degrees, positive = counter-clockwise content) that makes rows of ink horizontal."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) < 100:
+        return 0.0
+    if len(xs) > 60000:
+        idx = np.random.default_rng(0).choice(len(xs), 60000, replace=False)
+        ys, xs = ys[idx], xs[idx]
+    xs = xs.astype(np.float64) - mask.shape[1] / 2
+    ys = ys.astype(np.float64)
+
+    def score(angle: float) -> float:
+        t = np.deg2rad(angle)
+        proj = np.round(ys * np.cos(t) + xs * np.sin(t)).astype(np.int64)
+        proj -= proj.min()
+        h = np.bincount(proj)
+        return float((h.astype(np.float64) ** 2).sum())
+
+    if angles is not None:
+        return float(max(angles, key=score))
+    best = max(ANGLES_COARSE, key=score)
+    fine = np.arange(best - 0.25, best + 0.251, 0.05)
+    return float(max(fine, key=score))
+
+
+def _rotate(img: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    h, w = img.shape
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), -angle, 1.0)
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0), m
+
+
+def find_rules(mask: np.ndarray, axis: int, min_len: int) -> np.ndarray:
+    """Centre positions of long straight rules: axis 0 = horizontal rules (their y)."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (min_len, 1) if axis == 0 else (1, min_len))
+    lines = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+    profile = (lines > 0).sum(axis=1 if axis == 0 else 0).astype(np.float64)
+    hit = profile >= min_len
+    centres = []
+    i = 0
+    while i < len(hit):
+        if hit[i]:
+            j = i
+            while j < len(hit) and hit[j]:
+                j += 1
+            seg = profile[i:j]
+            centres.append(float((np.arange(i, j) * seg).sum() / seg.sum()))
+            i = j
+        else:
+            i += 1
+    return np.array(centres)
+
+
+def fit_axis(template_pos: np.ndarray, found: np.ndarray, scales: np.ndarray) -> tuple[float, float, int, float]:
+    """Best (scale, offset) mapping template positions onto found ones; (s, b, inliers, rms).
+
+    Every (template rule, found rule) pair proposes an offset at each scale; the proposal with
+    most template rules landing within tolerance wins, then a least-squares fit on those.
+    """
+    if len(found) == 0 or len(template_pos) == 0:
+        return 1.0, 0.0, 0, float("inf")
+    tol = MATCH_TOL * 1.5
+    best = (0, float("inf"), 1.0, 0.0)
+    for s in scales:
+        offsets = np.unique(np.round((found[None, :] - s * template_pos[:, None]).ravel()))
+        pred = s * template_pos[None, :, None] + offsets[:, None, None]  # (o, t, 1)
+        near = np.abs(found[None, None, :] - pred).min(axis=2)  # (o, t)
+        hits = near <= tol
+        count = hits.sum(axis=1)
+        err = np.where(hits, near, 0).sum(axis=1) / np.maximum(count, 1)
+        k = int(np.lexsort((err, -count))[0])
+        if (count[k], -err[k]) > (best[0], -best[1]):
+            best = (int(count[k]), float(err[k]), float(s), float(offsets[k]))
+    _, _, s, b = best
+    d = np.abs(found[None, :] - (s * template_pos[:, None] + b))
+    keep = d.min(axis=1) <= tol
+    if keep.sum() < 2:
+        return s, b, int(keep.sum()), float("inf")
+    t, f = template_pos[keep], found[d[keep].argmin(axis=1)]
+    s, b = np.polyfit(t, f, 1)
+    res = np.abs(f - (s * t + b))
+    return float(s), float(b), int((res <= MATCH_TOL).sum()), float(np.sqrt((res ** 2).mean()))
+
+
+def register(gray: np.ndarray, template: Template) -> Alignment:
+    """Align a grey scan to the template; `ok` is False with a reason when it cannot."""
+    identity = np.eye(3)[:2]
+    if gray.size == 0:
+        return Alignment(False, identity, 0.0, (1.0, 1.0), 0.0, float("inf"), "empty image")
+    small = cv2.resize(gray, None, fx=WORK_SCALE, fy=WORK_SCALE, interpolation=cv2.INTER_AREA)
+    mask = ink_mask(small)
+    ink_share = float((mask > 0).mean())
+    if ink_share < 0.003:
+        return Alignment(False, identity, 0.0, (1.0, 1.0), 0.0, float("inf"), "blank page: no ink found")
+    reg = template.registration
+    tw = reg.table_box[2]
+    angle = estimate_skew(mask)
+    # refine on the long rules alone, which are straighter than the text around them
+    straight, _ = _rotate(mask, angle)
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (int(tw * WORK_SCALE * 0.2), 1))
+    rules = _rotate(cv2.morphologyEx(straight, cv2.MORPH_OPEN, kernel), -angle)[0]
+    angle = estimate_skew(rules, np.arange(angle - 0.3, angle + 0.301, 0.02))
+    straight, rot = _rotate(mask, angle)
+    horiz = find_rules(straight, 0, int(tw * WORK_SCALE * 0.35))
+    vert = find_rules(straight, 1, int(reg.table_box[3] * WORK_SCALE * 0.35))
+    scales = np.arange(0.94, 1.0601, 0.004)
+    ty = np.array(reg.horizontal_rules, float) * WORK_SCALE
+    tx = np.array(reg.vertical_rules, float) * WORK_SCALE
+    sy, by, ny, ry = fit_axis(ty, horiz, scales)
+    sx, bx, nx, rx = fit_axis(tx, vert, scales)
+    quality = (ny + nx) / (len(ty) + len(tx))
+    # template (full res) -> straightened small -> small -> full res
+    a = np.array([[sx, 0, bx], [0, sy, by], [0, 0, 1.0]])
+    to_small = np.diag([WORK_SCALE, WORK_SCALE, 1.0])
+    rot3 = np.vstack([rot, [0, 0, 1]])
+    unrot = np.linalg.inv(rot3)
+    full = np.diag([1 / WORK_SCALE, 1 / WORK_SCALE, 1.0])
+    page_centre = (template.page.width / 2, template.page.height / 2)
+    straighten = np.vstack([cv2.getRotationMatrix2D(page_centre, reg.skew_deg, 1.0), [0, 0, 1]])
+    matrix = (full @ unrot @ a @ to_small @ straighten)[:2]
+    residual = float(max(ry, rx) / WORK_SCALE)
+    ok = ny >= max(4, 0.6 * len(ty)) and nx >= max(3, 0.6 * len(tx)) and residual < 6
+    reason = None
+    if not ok:
+        reason = (f"form not recognised: {ny}/{len(ty)} horizontal and {nx}/{len(tx)} vertical "
+                  f"rules of {template.name} found (another form, upside down or not a telegram)")
+    return Alignment(ok, matrix, angle, (sx, sy), float(quality), residual, reason)
+
+
+ROTATIONS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
+def register_upright(gray: np.ndarray, template: Template) -> tuple[Alignment, np.ndarray]:
+    """Register, also trying the scan turned by 90/180/270 degrees when it does not fit as is.
+
+    Returns the alignment and the (possibly turned) image it applies to; a turned scan that
+    aligns is read, with a note saying how it was turned.
+    """
+    portrait_page = template.page.height >= template.page.width
+    portrait_scan = gray.shape[0] >= gray.shape[1]
+    order = [0, 180, 90, 270] if portrait_page == portrait_scan else [90, 270, 0, 180]
+    first: Alignment | None = None
+    for turn in order:
+        img = gray if turn == 0 else cv2.rotate(gray, ROTATIONS[turn])
+        a = register(img, template)
+        if a.ok:
+            if turn:
+                a.notes.append(f"scan was turned {turn} degrees; read after turning it upright")
+            return a, img
+        if first is None:
+            first = a
+        if a.reason and a.reason.startswith("blank page"):
+            break
+    assert first is not None
+    return first, gray

@@ -1,0 +1,188 @@
+"""Cropping template cells out of a registered scan, and segmenting each cell into digits.
+
+Pure functions on grey images (dark ink on light paper). A cell crop includes a small pad
+around the template box so that digits crossing the printed rules are not cut; the rules
+themselves are removed before digits are looked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from tasks.template import Box
+
+MIN_CONTRAST = 60  # grey levels between paper and the darkest ink for a cell to hold ink
+SCRIBBLE_SHARE = 0.30
+TOUCHING_RATIO = 1.45  # a blob this much wider than tall is several touching digits
+DIGIT_ASPECT = 0.8  # expected width / height of one handwritten digit, to count them  # ink over this share of the cell: scribbled over, not digits
+
+
+def crop_cell(gray: np.ndarray, matrix: np.ndarray, box: Box, pad: int) -> np.ndarray:
+    """The template box (plus `pad` px around it) resampled from the scan, upright."""
+    x, y, w, h = box
+    shift = np.array([[1, 0, x - pad], [0, 1, y - pad], [0, 0, 1]], np.float64)
+    m = (np.vstack([matrix, [0, 0, 1]]) @ shift)[:2]
+    return cv2.warpAffine(
+        gray, m, (w + 2 * pad, h + 2 * pad),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=255,
+    )
+
+
+@dataclass
+class Segmentation:
+    kind: str  # "digits", "dash", "empty" or "unreadable"
+    digits: list[np.ndarray] = field(default_factory=list)  # ink-bright float crops, left to right
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # in crop coordinates
+    reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def ink_strength(cell: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ink as a 0-1 map relative to this cell's paper level, and the cell's contrast."""
+    g = cell.astype(np.float32)
+    paper = float(np.percentile(g, 90))
+    dark = float(np.percentile(g, 0.5))
+    contrast = paper - dark
+    if contrast <= 0:
+        return np.zeros_like(g), 0.0
+    return np.clip((paper - g) / max(contrast, MIN_CONTRAST), 0, 1), contrast
+
+
+def remove_rules(binary: np.ndarray, pad: int, subbox_edges: list[int]) -> np.ndarray:
+    """Erase printed rules: long horizontal lines, full-height vertical lines, and the dotted
+    separators of printed sub-boxes (at known x positions, crop coordinates)."""
+    h, w = binary.shape
+    # close small gaps first: on dithered or fax scans a printed rule is a row of dots
+    joined_h = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, np.ones((1, 7), np.uint8))
+    lines = cv2.morphologyEx(joined_h, cv2.MORPH_OPEN, cv2.getStructuringElement(
+        cv2.MORPH_RECT, (max(3, int(0.45 * (w - 2 * pad))), 1)))
+    joined_v = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, np.ones((7, 1), np.uint8))
+    lines |= cv2.morphologyEx(joined_v, cv2.MORPH_OPEN, cv2.getStructuringElement(
+        cv2.MORPH_RECT, (1, max(3, int(0.85 * (h - 2 * pad))))))
+    if subbox_edges:
+        closed = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, np.ones((9, 1), np.uint8))
+        dotted = cv2.morphologyEx(closed, cv2.MORPH_OPEN, cv2.getStructuringElement(
+            cv2.MORPH_RECT, (1, max(3, int(0.6 * (h - 2 * pad))))))
+        band = np.zeros_like(binary)
+        for x in subbox_edges:
+            band[:, max(0, x - 5) : x + 6] = 255
+        lines |= dotted & band & cv2.dilate(binary, np.ones((1, 3), np.uint8))
+    lines = cv2.dilate(lines, np.ones((3, 3), np.uint8))
+    return binary & ~lines
+
+
+def _merge_groups(stats: list[tuple[int, int, int, int, int, int]]) -> list[list[int]]:
+    """Group components that overlap horizontally (strokes of one digit broken apart)."""
+    order = sorted(range(len(stats)), key=lambda i: stats[i][0])
+    groups: list[list[int]] = []
+    spans: list[list[int]] = []
+    for i in order:
+        x, _, w, _, _, _ = stats[i]
+        if spans:
+            gx0, gx1 = spans[-1]
+            overlap = min(gx1, x + w) - max(gx0, x)
+            if overlap >= 0.5 * min(w, gx1 - gx0) or (overlap > -2 and w < 0.25 * (gx1 - gx0)):
+                groups[-1].append(i)
+                spans[-1] = [min(gx0, x), max(gx1, x + w)]
+                continue
+        groups.append([i])
+        spans.append([x, x + w])
+    return groups
+
+
+def _split_touching(mask: np.ndarray, parts: int) -> list[np.ndarray]:
+    """Cut a blob of several touching digits at the thinnest columns near the even splits."""
+    cols = mask.sum(axis=0).astype(np.float64)
+    w = mask.shape[1]
+    cuts = [0]
+    for k in range(1, parts):
+        centre = k * w / parts
+        lo, hi = int(centre - w / (parts * 3)), int(centre + w / (parts * 3)) + 1
+        lo, hi = max(lo, cuts[-1] + 2), min(hi, w - 2)
+        cuts.append(lo + int(np.argmin(cols[lo:hi])) if hi > lo else int(centre))
+    cuts.append(w)
+    out = []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        piece = np.zeros_like(mask)
+        piece[:, a:b] = mask[:, a:b]
+        out.append(piece)
+    return out
+
+
+def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list[int] | None = None
+                 ) -> Segmentation:
+    """Find the handwritten digits in one cell crop: empty, a dash, digits, or unreadable."""
+    strength, contrast = ink_strength(cell)
+    h, w = cell.shape
+    core_h, core_w = h - 2 * pad, w - 2 * pad
+    if contrast < MIN_CONTRAST:
+        return Segmentation("empty", reason="no ink in the cell")
+    binary = np.where(strength > 0.45, 255, 0).astype(np.uint8)
+    binary = remove_rules(binary, pad, subbox_edges or [])
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    keep = []
+    speck = max(10, int(0.0012 * core_h * core_w))
+    for i in range(1, n):
+        x, y, bw, bh, area = stats[i]
+        cx, cy = x + bw / 2, y + bh / 2
+        if area < speck and bh < 0.25 * core_h:
+            continue  # specks, dust, the faint printed dots of the form
+        if not (pad - 2 <= cx <= w - pad + 2 and pad - 2 <= cy <= h - pad + 2):
+            continue  # belongs to the neighbouring cell or the rule
+        keep.append(i)
+    if not keep:
+        return Segmentation("empty", reason="no ink in the cell")
+    ink_area = sum(int(stats[i][4]) for i in keep)
+    if ink_area > SCRIBBLE_SHARE * core_h * core_w:
+        return Segmentation("unreadable", reason=f"scribbled over: ink covers {ink_area / (core_h * core_w):.0%} of the cell")
+    if subbox_edges:
+        # printed sub-boxes hold one digit each: group the marks by the box they sit in
+        bounds = [pad, *subbox_edges, w - pad]
+        slots: dict[int, list[int]] = {}
+        for j, i in enumerate(keep):
+            cx = stats[i][0] + stats[i][2] / 2
+            slot = int(np.searchsorted(bounds, cx)) - 1
+            slots.setdefault(slot, []).append(j)
+        groups = [slots[k] for k in sorted(slots)]
+    else:
+        groups = _merge_groups([tuple(int(v) for v in stats[i]) + (i,) for i in keep])  # type: ignore[misc]
+    boxes_masks = []
+    for g in groups:
+        ids = [keep[j] for j in g]
+        mask = np.isin(labels, ids)
+        ys, xs = np.nonzero(mask)
+        boxes_masks.append(((int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                             int(ys.max() - ys.min() + 1)), mask))
+    heights = sorted(b[3] for b, _ in boxes_masks)
+    tallest = heights[-1]
+    # a dash: flat strokes only, much wider than tall (a 0 or "none" written as "-")
+    if all(b[3] < 0.3 * core_h and b[2] > 1.8 * b[3] for b, _ in boxes_masks):
+        return Segmentation("dash", reason=None)
+    digits, boxes = [], []
+    seg = Segmentation("digits")
+    for (bx, by, bw, bh), mask in boxes_masks:
+        if bh < 0.3 * tallest and bw < 0.3 * tallest:
+            seg.notes.append("dropped a small mark (dot or comma)")
+            continue
+        parts = 1
+        if not subbox_edges and bw > TOUCHING_RATIO * bh and bh >= 0.6 * tallest:
+            parts = int(np.clip(round(bw / (DIGIT_ASPECT * bh)), 2, max_digits))
+        sub = mask[by : by + bh, bx : bx + bw]
+        pieces = _split_touching(sub, parts) if parts > 1 else [sub]
+        if parts > 1:
+            seg.notes.append(f"split touching digits into {parts}")
+        for piece in pieces:
+            ys, xs = np.nonzero(piece)
+            if len(xs) == 0:
+                continue
+            x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+            region = strength[by + y0 : by + y1, bx + x0 : bx + x1] * piece[y0:y1, x0:x1]
+            digits.append(region.astype(np.float32))
+            boxes.append((int(bx + x0), int(by + y0), int(x1 - x0), int(y1 - y0)))
+    if not digits:
+        return Segmentation("empty", reason="only specks in the cell")
+    seg.digits, seg.boxes = digits, boxes
+    return seg
