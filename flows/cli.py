@@ -29,7 +29,8 @@ def _run(job: Callable[[], Any], as_json: bool, render: Callable[[Any], str] | N
         if as_json:
             with contextlib.redirect_stdout(sys.stderr):
                 result = job()
-            sys.stdout.write(json.dumps(result, default=str) + "\n")
+            items = result if isinstance(result, list) else [result]  # lists: one object a line
+            sys.stdout.write("".join(json.dumps(item, default=str) + "\n" for item in items))
         else:
             result = job()
             typer.echo(render(result) if render else json.dumps(result, indent=2, default=str))
@@ -140,6 +141,54 @@ def load_results(
         return store_labels(url, labels, tpl, source=csv_file, create_mesas=create_mesas)
 
     _run(job, as_json=False)
+
+
+@app.command("read-telegram")
+def read_telegram(
+    scans: list[str] = typer.Argument(..., help="Scan files or URLs."),
+    template: str = typer.Option(None, help="Template name (default from conf)."),
+    model: str = typer.Option(None, help="MLflow model URI (default models:/digit-cnn@champion)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per scan."),
+) -> None:
+    """Read scans now, without storing anything: per cell value, digits, confidence, status."""
+    from flows.read_telegram import read_telegrams, render_readings
+
+    _run(lambda: read_telegrams(scans, template, model), as_json, render_readings)
+
+
+@app.command()
+def ingest(
+    source: str = typer.Option(None, help="Scans URL (default from conf)."),
+    model: str = typer.Option(None, help="MLflow model URI (default models:/digit-cnn@champion)."),
+    force: bool = typer.Option(False, help="Re-read scans already read by this model."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """The nightly job: read every new scan, store, score and track the run."""
+    from flows.ingest import ingest_flow
+
+    _run(lambda: ingest_flow(source=source, model=model, force=force), as_json)
+
+
+@app.command()
+def backfill(
+    since: str = typer.Option(..., help="First day (YYYY-MM-DD), by when the scan was received."),
+    until: str = typer.Option(..., help="Day after the last (YYYY-MM-DD)."),
+    force: bool = typer.Option(False, help="Re-read scans already read (e.g. after a new champion)."),
+    model: str = typer.Option(None, help="MLflow model URI (default models:/digit-cnn@champion)."),
+    source: str = typer.Option(None, help="Scans URL (default from conf)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Re-read the scans of a period on demand."""
+    from datetime import date
+
+    from flows.ingest import backfill_flow
+
+    try:
+        lo, hi = date.fromisoformat(since), date.fromisoformat(until)
+    except ValueError:
+        typer.echo("error: --since and --until take dates as YYYY-MM-DD", err=True)
+        raise typer.Exit(code=2) from None
+    _run(lambda: backfill_flow(lo, hi, force=force, model=model, source=source), as_json)
 
 
 def main() -> None:

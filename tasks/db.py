@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -117,6 +118,28 @@ class Reading(Base):
     model_version: Mapped[str] = mapped_column(String(128))
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Scan(Base):
+    """A scan read (or refused) with one model version: what discovery checks as "new"."""
+
+    __tablename__ = "scans"
+    __table_args__ = (UniqueConstraint("content_hash", "model_version", name="uq_scan_model"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uri: Mapped[str] = mapped_column(Text, index=True)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    etag: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(128))
+    template: Mapped[str] = mapped_column(String(64))
+    telegram_id: Mapped[int | None] = mapped_column(
+        ForeignKey("telegrams.id", ondelete="SET NULL"), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    quality: Mapped[float | None] = mapped_column(Float, nullable=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+    read_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

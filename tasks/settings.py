@@ -70,6 +70,17 @@ class GenerateSettings(_Section):
     seed: int = 0
 
 
+class ReadSettings(_Section):
+    pad: int = 8
+    ok_threshold: float = 0.9
+    reframe: Literal["mnist", "paper"] = "mnist"
+    batch_size: int = 2048
+    chunk_size: int = 25
+    max_pixels: int = 80_000_000
+    suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+    experiment: str = "telegram-ingest"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CIFRAS_",
@@ -90,6 +101,7 @@ class Settings(BaseSettings):
     template: str = "telegrama_nacional_2021"
     storage: StorageSettings = StorageSettings()
     generate: GenerateSettings = GenerateSettings()
+    read: ReadSettings = ReadSettings()
     mlflow: MlflowSettings = MlflowSettings()
     train: TrainSettings = TrainSettings()
     evaluate: EvaluateSettings = EvaluateSettings()

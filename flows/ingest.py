@@ -1,0 +1,197 @@
+"""The reading pipeline as Prefect flows: `ingest` (the nightly job) and `backfill` (a period,
+on demand). Both discover scans, read them chunk by chunk with the champion model, store and
+score the readings, and track the run in MLflow and in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from datetime import UTC, date, datetime, time as dtime
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+
+from tasks import tracking
+from tasks.db import migrate
+from tasks.exports import gallery_png, parquet_bytes
+from tasks.ingest_tasks import (
+    discover_task,
+    persist_chunk_task,
+    read_chunk_task,
+    resolve_model_task,
+)
+from tasks.metrics import save_confusion_png
+from tasks.persist import finish_run, known_scans, run_cells, scan_status_counts, start_run
+from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
+from tasks.scoring import Scored, score_cells
+from tasks.settings import Settings, load_settings
+from tasks.storage import join, write_bytes
+
+SUMMARY_KEYS = ("scans", "read", "unreadable", "unaligned", "cells", "cells_scored", "digit_accuracy",
+                "digit_precision_macro", "digit_recall_macro", "digit_f1_macro", "number_accuracy",
+                "accuracy_when_ok", "review_share")
+
+
+@task(name="score-run", **COMPUTE)
+def score_task(db_url: str, run_id: str) -> tuple[dict, list[dict]]:
+    rows = run_cells(db_url, run_id)
+    scored = [Scored(cell, label, value, digits, status)
+              for cell, label, digits, value, status, _ in rows if label is not None]
+    metrics = score_cells(scored)
+    metrics["cells"] = len(rows)
+    metrics["cell_status_counts"] = {}
+    for *_, status, _uri in rows:
+        metrics["cell_status_counts"][status] = metrics["cell_status_counts"].get(status, 0) + 1
+    table = [{"cell_id": c, "label": lab, "digits": d, "value": v, "status": st, "scan_uri": u}
+             for c, lab, d, v, st, u in rows]
+    return metrics, table
+
+
+@task(name="log-run", **IO_RETRIES)
+def log_run_task(settings: Settings, mlflow_run_id: str, params: dict, metrics: dict,
+                 table: list[dict], misread: list, run_id: str) -> str:
+    """Metrics, confusion matrix, misread gallery and the Parquet export, to MLflow and storage."""
+    client = tracking.configure_mlflow(settings)
+    tracking.log_params(client, mlflow_run_id, params)
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    scalars.update({f"number_accuracy_len{k}": v for k, v in metrics["number_accuracy_by_length"].items()})
+    scalars.update({f"cells_{k}": v for k, v in metrics["cell_status_counts"].items()})
+    tracking.log_metrics(client, mlflow_run_id, scalars)
+    parquet = parquet_bytes(table)
+    parquet_uri = join(settings.exports_uri, "runs", run_id, "readings.parquet")
+    write_bytes(parquet_uri, parquet, settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "readings.parquet").write_bytes(parquet)
+        save_confusion_png(metrics["confusion_matrix"], folder / "digit_confusion_matrix.png",
+                           "telegram digits")
+        gallery = gallery_png(misread)
+        if gallery:
+            (folder / "misread_cells.png").write_bytes(gallery)
+        for f in folder.iterdir():
+            client.log_artifact(mlflow_run_id, str(f))
+    tracking.log_json(client, mlflow_run_id, metrics, "metrics.json")
+    return parquet_uri
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def read_scans(flow_name: str, source: str | None, model: str | None, force: bool,
+               since: datetime | None, until: datetime | None) -> dict:
+    """Shared body of ingest and backfill."""
+    settings = load_settings()
+    log = run_logger()
+    started = time.perf_counter()
+    db_url = settings.db_url
+    migrate(db_url)
+    source = source or settings.scans_uri
+    template = settings.template
+    model_ref = resolve_model_task(settings, model or settings.evaluate.model_uri)
+    run_id = str(flow_run.get_id() or uuid.uuid4())
+    params = {"flow": flow_name, "source": source, "model_uri": model_ref.uri,
+              "model_version": model_ref.label, "template": template, "force": force,
+              "since": since, "until": until, "ok_threshold": settings.read.ok_threshold,
+              "reframe": settings.read.reframe, "chunk_size": settings.read.chunk_size}
+    start_run(db_url, run_id, flow_name, model_ref.label, template,
+              {k: str(v) for k, v in params.items()})
+    client = tracking.configure_mlflow(settings)
+    experiment = tracking.ensure_experiment(client, settings, settings.read.experiment)
+    status = "failed"
+    metrics: dict = {}
+    mlflow_run_id = None
+    try:
+        with tracking.tracked_run(client, experiment, f"{flow_name}-{run_id[:8]}",
+                                  {"prefect_flow_run_id": run_id}) as mlflow_run_id:
+            refs, skipped = discover_task(settings, source, model_ref.label, since, until, force, db_url)
+            log.info("%d new scans under %s (%d already read by %s)", len(refs), source, skipped,
+                     model_ref.label)
+            _, hashes = known_scans(db_url, model_ref.label)
+            counts = {"numbers": 0, "digits": 0}
+            timings: dict[str, float] = {}
+            misread: list = []
+            failed_chunks, duplicates = 0, 0
+            chunks = _chunks(refs, settings.read.chunk_size)
+            for no, chunk in enumerate(chunks):
+                state = read_chunk_task(chunk, settings, model_ref, template, hashes, force,
+                                        return_state=True)
+                if state.is_failed():
+                    failed_chunks += 1
+                    log.error("chunk %d/%d failed for good; its %d scans stay new for the next run",
+                              no + 1, len(chunks), len(chunk))
+                    continue
+                result = state.result()
+                duplicates += result.duplicates
+                for k, v in result.timings.items():
+                    timings[k] = timings.get(k, 0.0) + v
+                bad, shard_counts, t_persist = persist_chunk_task(
+                    result, chunk, settings, db_url, run_id, model_ref.label, template, no)
+                timings["persist"] = timings.get("persist", 0.0) + t_persist
+                misread.extend(bad[: max(0, 48 - len(misread))])
+                for k, v in shard_counts.items():
+                    counts[k] += v
+                log.info("chunk %d/%d: %d scans read", no + 1, len(chunks), len(result.readings))
+            metrics, table = score_task(db_url, run_id)
+            metrics.update({
+                "scans": len(refs), "skipped_known": skipped,
+                "duplicates": duplicates, "failed_chunks": failed_chunks,
+                "dataset_numbers": counts["numbers"], "dataset_digits": counts["digits"],
+                "wall_s": time.perf_counter() - started,
+                **{f"stage_{k}_s": v for k, v in timings.items()},
+            })
+            metrics.update(scan_status_counts(db_url, run_id))
+            parquet_uri = log_run_task(settings, mlflow_run_id, params, metrics, table, misread, run_id)
+            metrics["parquet_uri"] = parquet_uri
+            status = "completed" if failed_chunks == 0 else "partial"
+            report = _report(flow_name, run_id, mlflow_run_id, model_ref.label, metrics, settings)
+    finally:
+        finish_run(db_url, run_id, status, _jsonable(metrics), mlflow_run_id)
+    if metrics.get("failed_chunks"):
+        # everything else is written; failing the flow run makes the gap visible in the UI
+        raise RuntimeError(f"{metrics['failed_chunks']} chunk(s) failed; re-run to read them")
+    return report
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: v for k, v in d.items() if isinstance(v, int | float | str | dict | list | type(None))}
+
+
+def _report(flow_name: str, run_id: str, mlflow_run_id: str, model: str, metrics: dict,
+            settings: Settings) -> dict:
+    """The summary as a Prefect table artifact plus a note on where the MLflow run is."""
+    summary = {k: metrics.get(k) for k in SUMMARY_KEYS}
+    create_table_artifact(
+        key=f"{flow_name}-summary",
+        table=[{"metric": k, "value": "" if v is None else (round(v, 4) if isinstance(v, float) else v)}
+               for k, v in summary.items()],
+        description=f"{flow_name} with {model}",
+    )
+    uri = settings.mlflow_tracking_uri
+    where = (f"[MLflow run {mlflow_run_id}]({uri.rstrip('/')}/#/experiments/0/runs/{mlflow_run_id})"
+             if uri.startswith("http") else
+             f"MLflow run `{mlflow_run_id}` in `{uri}`: open it with "
+             f"`mlflow ui --backend-store-uri {uri}`")
+    create_markdown_artifact(key=f"{flow_name}-mlflow", markdown=f"{where}\n\nParquet export: "
+                             f"`{metrics.get('parquet_uri')}`", description="MLflow run")
+    return {"run_id": run_id, "mlflow_run_id": mlflow_run_id, "model": model, **summary,
+            "status_counts": metrics.get("cell_status_counts"), "wall_s": metrics.get("wall_s")}
+
+
+@flow(name="ingest")
+def ingest_flow(source: str | None = None, model: str | None = None, force: bool = False) -> dict:
+    """The nightly job: read every scan not yet read by the model."""
+    return read_scans("ingest", source, model, force, None, None)
+
+
+@flow(name="backfill")
+def backfill_flow(since: date, until: date, force: bool = False, model: str | None = None,
+                  source: str | None = None) -> dict:
+    """Re-read the scans received in [since, until); with `force`, also those already read."""
+    lo = datetime.combine(since, dtime.min, UTC)
+    hi = datetime.combine(until, dtime.min, UTC)
+    return read_scans("backfill", source, model, force, lo, hi)

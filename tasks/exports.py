@@ -1,0 +1,111 @@
+"""Run exports: the readings as Parquet, the labelled crops as the source paper's two
+datasets (numbers and digits, ready for fine-tuning), and a gallery of misread cells."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from tasks.read import ScanReading
+from tasks.scoring import digit_pairs, effective_value
+
+NUMBER_SHAPE = (96, 256)  # every cell crop padded to this (h, w) so shards stack
+
+
+@dataclass
+class Misread:
+    crop: np.ndarray
+    cell_id: str
+    label: int
+    read: str
+    status: str
+
+
+@dataclass
+class Shards:
+    numbers_x: list[np.ndarray] = field(default_factory=list)
+    numbers_y: list[int] = field(default_factory=list)
+    numbers_cell: list[str] = field(default_factory=list)
+    numbers_hash: list[str] = field(default_factory=list)
+    digits_x: list[np.ndarray] = field(default_factory=list)
+    digits_y: list[int] = field(default_factory=list)
+    misread: list[Misread] = field(default_factory=list)
+
+
+def _fit(crop: np.ndarray) -> np.ndarray:
+    h, w = NUMBER_SHAPE
+    out = np.full(NUMBER_SHAPE, 255, np.uint8)
+    c = crop[:h, :w]
+    out[: c.shape[0], : c.shape[1]] = c
+    return out
+
+
+def collect(readings: list[ScanReading], labels: dict[str, dict[str, int]], max_misread: int = 48) -> Shards:
+    """Labelled number crops, weakly labelled digit inputs, and misread examples of a chunk."""
+    sh = Shards()
+    for r in readings:
+        truth = labels.get(r.uri, {})
+        for cell_id, c in r.cells.items():
+            if cell_id not in truth:
+                continue
+            label = truth[cell_id]
+            crop = r.crops.get(cell_id)
+            if crop is not None and c.status != "empty":
+                sh.numbers_x.append(_fit(crop))
+                sh.numbers_y.append(label)
+                sh.numbers_cell.append(cell_id)
+                sh.numbers_hash.append(r.content_hash)
+            pairs = digit_pairs(label, c.digits)
+            inputs = r.digit_inputs.get(cell_id)
+            if pairs and inputs is not None and len(inputs) == len(pairs):
+                sh.digits_x.extend((inputs[:, :, :, 0] * 255).round().astype(np.uint8))
+                sh.digits_y.extend(t for t, _ in pairs)
+            if effective_value(c.value, c.status) != label and crop is not None \
+                    and len(sh.misread) < max_misread:
+                sh.misread.append(Misread(crop, cell_id, label, c.digits or c.status, c.status))
+    return sh
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def shard_payloads(sh: Shards) -> dict[str, bytes]:
+    out = {}
+    if sh.numbers_x:
+        out["numbers"] = npz_bytes(x=np.stack(sh.numbers_x), y=np.array(sh.numbers_y),
+                                   cell=np.array(sh.numbers_cell), scan=np.array(sh.numbers_hash))
+    if sh.digits_x:
+        out["digits"] = npz_bytes(x=np.stack(sh.digits_x), y=np.array(sh.digits_y))
+    return out
+
+
+def parquet_bytes(rows: list[dict]) -> bytes:
+    buf = io.BytesIO()
+    pd.DataFrame(rows).to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def gallery_png(items: list[Misread], columns: int = 4) -> bytes | None:
+    """A grid of misread cells, each captioned with the truth and what was read."""
+    if not items:
+        return None
+    tiles = []
+    for m in items:
+        tile = cv2.cvtColor(_fit(m.crop), cv2.COLOR_GRAY2BGR)
+        tile = cv2.copyMakeBorder(tile, 22, 2, 2, 2, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+        cv2.putText(tile, f"{m.cell_id} true {m.label} read {m.read}", (4, 16),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 200), 1, cv2.LINE_AA)
+        tiles.append(tile)
+    blank = np.full_like(tiles[0], 255)
+    while len(tiles) % columns:
+        tiles.append(blank)
+    grid = np.vstack([np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)])
+    ok, png = cv2.imencode(".png", grid)
+    return png.tobytes() if ok else None

@@ -1,0 +1,148 @@
+"""Prefect tasks of the reading pipeline. Each handles a chunk of telegrams, not a cell, so
+that orchestration costs little; I/O tasks retry with backoff, and a chunk that fails for
+good leaves the other chunks' results written.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import task
+
+from tasks import tracking
+from tasks.exports import Misread, collect, shard_payloads
+from tasks.persist import known_scans, persist_chunk
+from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
+from tasks.read import ReadOptions, ScanReading, infer_and_compose, prepare_scan
+from tasks.settings import Settings
+from tasks.storage import content_hash, filesystem, join, write_bytes
+from tasks.template import load_template
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    uri: str
+    size: int | None
+    etag: str | None
+    modified: datetime | None
+
+
+@dataclass
+class ChunkResult:
+    readings: list[ScanReading]
+    timings: dict[str, float]
+    duplicates: int = 0
+    vanished: list[str] = field(default_factory=list)
+
+
+def read_options(settings: Settings) -> ReadOptions:
+    r = settings.read
+    return ReadOptions(pad=r.pad, ok_threshold=r.ok_threshold, reframe=r.reframe,
+                       batch_size=r.batch_size, max_pixels=r.max_pixels)
+
+
+def _modified(info: dict[str, Any]) -> datetime | None:
+    for key in ("LastModified", "mtime", "last_modified", "created"):
+        v = info.get(key)
+        if isinstance(v, datetime):
+            return v if v.tzinfo else v.replace(tzinfo=UTC)
+        if isinstance(v, int | float):
+            return datetime.fromtimestamp(v, UTC)
+    return None
+
+
+def list_objects(source: str, settings: Settings) -> list[ObjectRef]:
+    """Image objects under a URL, in a stable order."""
+    fs, root = filesystem(source, settings)
+    if not fs.exists(root):
+        return []
+    found = fs.find(root, detail=True)
+    protocol = source.split("://", 1)[0] if "://" in source else "file"
+    suffixes = tuple(s.lower() for s in settings.read.suffixes)
+    refs = []
+    for path, info in sorted(found.items()):
+        if not path.lower().endswith(suffixes) or info.get("type") == "directory":
+            continue
+        uri = f"{protocol}://{path}" if protocol != "file" else f"file://{path}"
+        etag = info.get("ETag") or info.get("etag")
+        mod = _modified(info)
+        refs.append(ObjectRef(uri, info.get("size"), str(etag or (mod.timestamp() if mod else "")), mod))
+    return refs
+
+
+@task(name="discover-scans", **IO_RETRIES)
+def discover_task(settings: Settings, source: str, model_version: str, since: datetime | None,
+                  until: datetime | None, force: bool, db_url: str) -> tuple[list[ObjectRef], int]:
+    """New scans: objects not yet read by this model version (all of them with `force`)."""
+    refs = list_objects(source, settings)
+    if since or until:
+        refs = [r for r in refs if r.modified is not None
+                and (since is None or r.modified >= since) and (until is None or r.modified < until)]
+    if force:
+        return refs, 0
+    seen, _ = known_scans(db_url, model_version)
+    new = [r for r in refs if (r.uri, r.size, r.etag) not in seen]
+    return new, len(refs) - len(new)
+
+
+@task(name="read-chunk", retries=2, retry_delay_seconds=[2, 8], cache_policy=COMPUTE["cache_policy"])
+def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracking.ModelRef,
+                    template_name: str, known_hashes: set[str], force: bool) -> ChunkResult:
+    """Fetch, decode, register, crop, segment and reframe a chunk; one batched inference.
+
+    Storage errors propagate so the task retries (a flaky S3 must not turn into "unreadable"
+    verdicts); a scan's own problems become its status and reason.
+    """
+    template = load_template(template_name)
+    opt = read_options(settings)
+    model = tracking.load_keras_model(model_ref)
+    prepared, t_fetch, dup, vanished = [], 0.0, 0, []
+    totals: dict[str, float] = {}
+    for ref in refs:
+        t0 = time.perf_counter()
+        fs, path = filesystem(ref.uri, settings)
+        try:
+            data = fs.cat_file(path)
+        except FileNotFoundError:
+            vanished.append(ref.uri)  # deleted since listing: nothing to read, nothing lost
+            continue
+        t_fetch += time.perf_counter() - t0
+        digest = content_hash(data)
+        if not force and digest in known_hashes:
+            dup += 1
+            continue
+        p = prepare_scan(data, ref.uri, digest, template, opt)
+        for k, v in p.timings.items():
+            totals[k] = totals.get(k, 0.0) + v
+        prepared.append(p)
+    readings, t_model = infer_and_compose(prepared, template, model, opt)
+    totals.update({"fetch": t_fetch, **t_model})
+    return ChunkResult(readings, totals, dup, vanished)
+
+
+@task(name="persist-chunk", **IO_RETRIES)
+def persist_chunk_task(result: ChunkResult, refs: list[ObjectRef], settings: Settings, db_url: str,
+                       run_id: str, model_version: str, template_name: str, chunk_no: int
+                       ) -> tuple[list[Misread], dict[str, int], float]:
+    """Readings to the database (one transaction) and the chunk's dataset shards to storage."""
+    t0 = time.perf_counter()
+    listing = {r.uri: {"size": r.size, "etag": r.etag, "modified": r.modified} for r in refs}
+    labels = persist_chunk(db_url, result.readings, run_id, model_version, template_name, listing)
+    shards = collect(result.readings, labels)
+    for name, payload in shard_payloads(shards).items():
+        write_bytes(join(settings.exports_uri, "datasets", run_id, name, f"chunk-{chunk_no:05d}.npz"),
+                    payload, settings)
+    counts = {"numbers": len(shards.numbers_y), "digits": len(shards.digits_y)}
+    return shards.misread, counts, time.perf_counter() - t0
+
+
+@task(name="load-model", **IO_RETRIES)
+def resolve_model_task(settings: Settings, uri: str) -> tracking.ModelRef:
+    client = tracking.configure_mlflow(settings)
+    ref = tracking.resolve_model(client, uri)
+    tracking.load_keras_model(ref)  # fail early, and warm this worker's cache
+    run_logger().info("reading with %s (%s)", ref.label, uri)
+    return ref

@@ -1,0 +1,129 @@
+"""Writing what a run read: scans, readings and runs, idempotently.
+
+Every write is an upsert on the table's natural unique key, so a retried chunk or a re-run of
+the same night replaces rows instead of duplicating them, and one chunk is one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from tasks.db import Reading, Run, Scan, Telegram, session_scope, utcnow
+from tasks.official_results import MesaId, labels_for, upsert_telegram
+from tasks.read import MESA_CODE, ScanReading, mesa_code_from_uri
+
+
+def _upsert(session, table, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    if not rows:
+        return
+    dialect = session.bind.dialect.name
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    update = {c: ins.excluded[c] for c in rows[0] if c not in keys and c != "id"}
+    session.execute(ins.on_conflict_do_update(index_elements=keys, set_=update), rows)
+
+
+def start_run(db_url: str, run_id: str, flow: str, model_version: str, template: str,
+              params: dict[str, Any]) -> None:
+    with session_scope(db_url) as s:
+        if s.get(Run, run_id) is None:
+            s.add(Run(id=run_id, flow=flow, status="running", model_version=model_version,
+                      template=template, params=params, metrics={}))
+
+
+def finish_run(db_url: str, run_id: str, status: str, metrics: dict[str, Any],
+               mlflow_run_id: str | None) -> None:
+    with session_scope(db_url) as s:
+        run = s.get(Run, run_id)
+        if run is not None:
+            run.status, run.metrics, run.finished_at = status, metrics, utcnow()
+            run.mlflow_run_id = mlflow_run_id
+
+
+def link_telegram(session, uri: str, template: str, content_hash: str,
+                  received_at: datetime | None) -> int | None:
+    code = mesa_code_from_uri(uri)
+    if code is None:
+        return None
+    m = MESA_CODE.match(code)
+    assert m is not None
+    tel = session.scalar(select(Telegram).where(Telegram.mesa_code == code))
+    if tel is None:
+        tel = upsert_telegram(session, MesaId(int(m[1]), int(m[2]), "", int(m[3])), template)
+    tel.scan_uri, tel.content_hash = uri, content_hash
+    if received_at is not None and tel.received_at is None:
+        tel.received_at = received_at
+    session.flush()
+    return tel.id
+
+
+def persist_chunk(
+    db_url: str, readings: Iterable[ScanReading], run_id: str, model_version: str, template: str,
+    listing: dict[str, dict[str, Any]],
+) -> dict[str, dict[str, int]]:
+    """Write one chunk in one transaction; returns {scan uri: its official labels}."""
+    with session_scope(db_url) as s:
+        scan_rows, reading_rows, tel_of = [], [], {}
+        for r in readings:
+            meta = listing.get(r.uri, {})
+            tid = link_telegram(s, r.uri, template, r.content_hash, meta.get("modified"))
+            if tid is not None:
+                tel_of[r.uri] = tid
+            scan_rows.append({
+                "uri": r.uri, "size": meta.get("size"), "etag": meta.get("etag"),
+                "content_hash": r.content_hash, "model_version": model_version, "template": template,
+                "telegram_id": tid, "status": r.status,
+                "reason": "; ".join([x for x in [r.reason, *r.notes] if x]) or None,
+                "quality": r.quality, "run_id": run_id, "read_at": utcnow(),
+            })
+            for cell_id, c in r.cells.items():
+                reading_rows.append({
+                    "telegram_id": tid, "content_hash": r.content_hash, "scan_uri": r.uri,
+                    "template": template, "cell_id": cell_id, "value": c.value, "digits": c.digits,
+                    "digit_probs": c.digit_probs, "confidence": c.confidence, "status": c.status,
+                    "reason": c.reason, "model_version": model_version, "run_id": run_id,
+                    "created_at": utcnow(),
+                })
+        _upsert(s, Scan.__table__, scan_rows, ["content_hash", "model_version"])
+        for start in range(0, len(reading_rows), 1000):
+            _upsert(s, Reading.__table__, reading_rows[start : start + 1000],
+                    ["content_hash", "cell_id", "model_version"])
+        labels = labels_for(s, tel_of.values())
+        return {uri: labels.get(tid, {}) for uri, tid in tel_of.items()}
+
+
+def known_scans(db_url: str, model_version: str) -> tuple[set[tuple[str, int | None, str | None]], set[str]]:
+    """What this model version has already read: by listing identity and by content hash."""
+    with session_scope(db_url) as s:
+        rows = s.execute(select(Scan.uri, Scan.size, Scan.etag, Scan.content_hash)
+                         .where(Scan.model_version == model_version)).all()
+    return {(u, sz, e) for u, sz, e, _ in rows}, {h for *_, h in rows}
+
+
+def run_cells(db_url: str, run_id: str) -> list[tuple[str, int | None, str, int | None, str, str]]:
+    """(cell, label, digits, value, status, scan uri) for every reading of a run, labelled or not."""
+    from tasks.db import OfficialResult
+
+    with session_scope(db_url) as s:
+        q = (select(Reading.cell_id, OfficialResult.value, Reading.digits, Reading.value,
+                    Reading.status, Reading.scan_uri)
+             .outerjoin(OfficialResult, (OfficialResult.telegram_id == Reading.telegram_id)
+                        & (OfficialResult.cell_id == Reading.cell_id))
+             .where(Reading.run_id == run_id))
+        return [tuple(row) for row in s.execute(q)]  # type: ignore[misc]
+
+
+def scan_status_counts(db_url: str, run_id: str) -> dict[str, int]:
+    """Scans of the run by status: read, unreadable, unaligned."""
+    from sqlalchemy import func
+
+    with session_scope(db_url) as s:
+        rows = s.execute(select(Scan.status, func.count()).where(Scan.run_id == run_id)
+                         .group_by(Scan.status)).all()
+    counts = {status: n for status, n in rows}
+    return {"read": counts.get("ok", 0), "unreadable": counts.get("unreadable", 0),
+            "unaligned": counts.get("unaligned", 0)}
