@@ -105,7 +105,7 @@ def draw_template_cmd(
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
         if img is None:
             raise CifrasError(f"{scan} is not an image OpenCV can decode")
-        ok, png = cv2.imencode(".png", draw_template(img, tpl))
+        _, png = cv2.imencode(".png", draw_template(img, tpl))
         write_bytes(out, png.tobytes(), settings)
         return {"scan": scan, "template": tpl.name, "cells": len(tpl.cells), "out": out}
 
@@ -141,6 +141,21 @@ def load_results(
         return store_labels(url, labels, tpl, source=csv_file, create_mesas=create_mesas)
 
     _run(job, as_json=False)
+
+
+@app.command()
+def generate(
+    count: int = typer.Option(None, help="How many telegrams (default from conf: 100)."),
+    out: str = typer.Option(None, help="Where to write scans: a path or URL (default: the scans URI)."),
+    seed: int = typer.Option(None, help="Random seed; the same seed gives identical files."),
+    digits: str = typer.Option(None, help="Handwriting pool: mnist (test split), usps, optdigits, orand."),
+    db: str = typer.Option(None, "--db", help="SQLAlchemy URL for the labels (default from conf)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Generate realistic telegram scans from real handwriting, with their official results."""
+    from flows.generate import generate_flow
+
+    _run(lambda: generate_flow(count=count, out=out, seed=seed, digits=digits, db=db), as_json)
 
 
 @app.command("read-telegram")

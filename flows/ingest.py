@@ -8,7 +8,8 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
-from datetime import UTC, date, datetime, time as dtime
+from datetime import UTC, date, datetime
+from datetime import time as dtime
 from pathlib import Path
 
 from prefect import flow, task

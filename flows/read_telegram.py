@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from tasks import tracking
 from tasks.errors import CifrasError
+from tasks.ingest_tasks import read_options
 from tasks.read import infer_and_compose, prepare_scan
 from tasks.settings import load_settings
-from tasks.ingest_tasks import read_options
 from tasks.storage import content_hash, read_bytes
 from tasks.template import load_template
 

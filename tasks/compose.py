@@ -14,6 +14,9 @@ import numpy as np
 from tasks.segment import Segmentation
 
 TOP_K = 3
+# log-probability cost of each extra digit when a blob is read as touching digits: splitting
+# must explain the ink clearly better than reading it whole
+SPLIT_PENALTY = 0.35
 
 
 @dataclass
@@ -24,6 +27,7 @@ class CellReading:
     status: str
     reason: str | None = None
     digit_probs: list[list[tuple[int, float]]] = field(default_factory=list)  # top-k per digit
+    chosen: list[int] = field(default_factory=list)  # which candidate digit images were read
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -44,11 +48,15 @@ def compose(seg: Segmentation, probs: np.ndarray, max_digits: int, ok_threshold:
         return CellReading(0, "-", 1.0, "ok", None)
     if len(probs) == 0:
         return CellReading(None, "", 0.0, "unreadable", "no digit found")
+    chosen, splits = choose_hypotheses(seg, probs)
+    probs = probs[chosen]
     best = probs.argmax(axis=1)
     digits = "".join(str(int(d)) for d in best)
     conf = float(np.prod(probs.max(axis=1)))
     reading = CellReading(int(digits), digits, round(conf, 4), "ok", None,
-                          [top_candidates(p) for p in probs])
+                          [top_candidates(p) for p in probs], chosen)
+    if splits:
+        reading.reason = f"read {splits} blob(s) as touching digits"
     if len(digits) > max_digits:
         reading.status, reading.reason = "review", (
             f"{len(digits)} marks read as digits in a {max_digits}-digit cell")
@@ -59,3 +67,18 @@ def compose(seg: Segmentation, probs: np.ndarray, max_digits: int, ok_threshold:
             f"low confidence {conf:.2f}: digit {weakest + 1} is {alt[0][0]} ({alt[0][1]:.2f}) "
             f"or {alt[1][0]} ({alt[1][1]:.2f})")
     return reading
+
+
+def choose_hypotheses(seg: Segmentation, probs: np.ndarray) -> tuple[list[int], int]:
+    """Per blob, the reading (whole, or split into touching digits) the model finds likeliest;
+    returns the chosen digit indices and how many blobs were split."""
+    if not seg.groups:
+        return list(range(len(probs))), 0
+    logp = np.log(np.clip(probs.max(axis=1), 1e-9, 1.0))
+    chosen: list[int] = []
+    splits = 0
+    for hypotheses in seg.groups:
+        best = max(hypotheses, key=lambda h: float(logp[h].sum()) - SPLIT_PENALTY * (len(h) - 1))
+        chosen.extend(best)
+        splits += len(best) > 1
+    return chosen, splits

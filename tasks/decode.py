@@ -31,6 +31,7 @@ def decode_scan(data: bytes, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_
     """Grey uint8 image from file bytes, or a reason why not."""
     from PIL import Image, UnidentifiedImageError
 
+    Image.MAX_IMAGE_PIXELS = None  # our own limit below applies, from the header alone
     if not data:
         return Decoded(None, "empty file (0 bytes)")
     if len(data) > max_bytes:

@@ -96,6 +96,7 @@ def _clean_cheque(grey: np.ndarray) -> np.ndarray:
     strong = float(np.percentile(ink[ink > otsu], 90)) if np.any(ink > otsu) else lo + 1.0
     scaled = (ink.astype(np.float32) - lo) * (255.0 / max(strong - lo, 1.0))
     out = np.clip(scaled, 0, 255).astype(np.uint8)
+    out = cv2.morphologyEx(out, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))  # 1 px hatching, not strokes
     return _remove_guide_lines(out)
 
 
@@ -111,19 +112,28 @@ def _remove_guide_lines(ink: np.ndarray) -> np.ndarray:
 
 
 def _keep_main_strokes(crop: np.ndarray) -> np.ndarray:
-    """Drop specks and slivers of neighbouring digits that a tight box also catches (small
-    pieces touching the box's left or right side)."""
+    """Drop specks, and slivers of neighbouring digits that a tight box also catches: narrow
+    pieces on the box's left or right side (a 5's separate top bar is wide, so it stays)."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats((crop >= _INK_MIN).astype(np.uint8), 8)
     if n <= 2:
         return crop
     areas = stats[1:, cv2.CC_STAT_AREA]
-    left = stats[1:, cv2.CC_STAT_LEFT]
-    right = left + stats[1:, cv2.CC_STAT_WIDTH]
-    at_side = (left == 0) | (right >= crop.shape[1])
-    keep_small = (areas >= 0.15 * areas.max()) & ~at_side
-    keep = np.flatnonzero(keep_small | (areas >= 0.5 * areas.max())) + 1
+    left, width = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_WIDTH]
+    sliver = ((left == 0) | (left + width >= crop.shape[1])) & (width < 0.35 * crop.shape[1])
+    drop = (areas < 0.06 * areas.max()) | (sliver & (areas < 0.5 * areas.max()))
+    keep = np.flatnonzero(~drop) + 1
     mask = np.isin(labels, keep)
     return np.where(mask, crop, 0).astype(np.uint8)
+
+
+def _normalise(crop: np.ndarray) -> np.ndarray:
+    """Full ink for this digit's own strokes: a lightly written digit next to a heavy one
+    would otherwise fall apart when the renderer sets its pen width."""
+    ink = crop[crop >= _INK_MIN]
+    if ink.size == 0:
+        return crop
+    top = max(float(np.percentile(ink, 85)), 1.0)
+    return np.clip(crop.astype(np.float32) * (255.0 / top), 0, 255).astype(np.uint8)
 
 
 def _orand_pool(root: Path, split: str) -> DigitPool:
@@ -144,7 +154,7 @@ def _orand_pool(root: Path, split: str) -> DigitPool:
         for x, y, w, h, digit in json.loads(row["digit_boxes_xywh_label"]):
             crop = ink[max(y, 0) : y + h, max(x, 0) : x + w]
             if crop.size:
-                images.append(_keep_main_strokes(crop))
+                images.append(_normalise(_keep_main_strokes(crop)))
                 labels.append(int(digit))
     return _group(f"orand:{split}", images, labels, stretched=False)
 
@@ -156,7 +166,9 @@ def parse_source(source: str) -> tuple[str, str]:
         raise CifrasError(f"unknown digit source {name!r} (known: {', '.join(SOURCES)})")
     split = split or DEFAULT_SPLIT[name]
     if name == "mnist" and split != "test":
-        raise CifrasError("digit source mnist: only the test split may be rendered (the model trained on the rest)")
+        raise CifrasError(
+            "digit source mnist: only the test split may be rendered (the model was trained on the rest)"
+        )
     return name, split
 
 

@@ -61,6 +61,8 @@ def collect(readings: list[ScanReading], labels: dict[str, dict[str, int]], max_
                 sh.numbers_hash.append(r.content_hash)
             pairs = digit_pairs(label, c.digits)
             inputs = r.digit_inputs.get(cell_id)
+            if inputs is not None and c.chosen:
+                inputs = inputs[c.chosen]
             if pairs and inputs is not None and len(inputs) == len(pairs):
                 sh.digits_x.extend((inputs[:, :, :, 0] * 255).round().astype(np.uint8))
                 sh.digits_y.extend(t for t, _ in pairs)

@@ -62,7 +62,9 @@ class ScanReading:
     digit_inputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def prepare_scan(data: bytes, uri: str, content_hash: str, template: Template, opt: ReadOptions) -> PreparedScan:
+def prepare_scan(
+    data: bytes, uri: str, content_hash: str, template: Template, opt: ReadOptions
+) -> PreparedScan:
     """Decode, register, crop and segment one scan; never raises for bad input."""
     t: dict[str, float] = {}
     t0 = time.perf_counter()

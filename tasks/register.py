@@ -94,7 +94,9 @@ def find_rules(mask: np.ndarray, axis: int, min_len: int) -> np.ndarray:
     return np.array(centres)
 
 
-def fit_axis(template_pos: np.ndarray, found: np.ndarray, scales: np.ndarray) -> tuple[float, float, int, float]:
+def fit_axis(
+    template_pos: np.ndarray, found: np.ndarray, scales: np.ndarray
+) -> tuple[float, float, int, float]:
     """Best (scale, offset) mapping template positions onto found ones; (s, b, inliers, rms).
 
     Every (template rule, found rule) pair proposes an offset at each scale; the proposal with
@@ -115,14 +117,19 @@ def fit_axis(template_pos: np.ndarray, found: np.ndarray, scales: np.ndarray) ->
         if (count[k], -err[k]) > (best[0], -best[1]):
             best = (int(count[k]), float(err[k]), float(s), float(offsets[k]))
     _, _, s, b = best
-    d = np.abs(found[None, :] - (s * template_pos[:, None] + b))
-    keep = d.min(axis=1) <= tol
-    if keep.sum() < 2:
-        return s, b, int(keep.sum()), float("inf")
-    t, f = template_pos[keep], found[d[keep].argmin(axis=1)]
-    s, b = np.polyfit(t, f, 1)
-    res = np.abs(f - (s * t + b))
-    return float(s), float(b), int((res <= MATCH_TOL).sum()), float(np.sqrt((res ** 2).mean()))
+    # shrink the tolerance while refitting, so that a rule matched to its close neighbour
+    # (two rules 13 px apart at the table's foot) does not drag the fit
+    count, rms = 0, float("inf")
+    for tol_now in (tol, MATCH_TOL, MATCH_TOL / 2):
+        d = np.abs(found[None, :] - (s * template_pos[:, None] + b))
+        keep = d.min(axis=1) <= tol_now
+        if keep.sum() < 2:
+            break
+        t, f = template_pos[keep], found[d[keep].argmin(axis=1)]
+        s, b = (float(v) for v in np.polyfit(t, f, 1))
+        res = np.abs(f - (s * t + b))
+        count, rms = int((res <= MATCH_TOL).sum()), float(np.sqrt((res ** 2).mean()))
+    return s, b, count, rms
 
 
 def register(gray: np.ndarray, template: Template) -> Alignment:
@@ -147,7 +154,10 @@ def register(gray: np.ndarray, template: Template) -> Alignment:
     horiz = find_rules(straight, 0, int(tw * WORK_SCALE * 0.35))
     vert = find_rules(straight, 1, int(reg.table_box[3] * WORK_SCALE * 0.35))
     scales = np.arange(0.94, 1.0601, 0.004)
-    ty = np.array(reg.horizontal_rules, float) * WORK_SCALE
+    # the table's rows repeat every ~79 px, so the header box's rules are added: without them a
+    # fit shifted by a few whole rows could match nearly as many rules as the true one
+    extra = getattr(reg, "header_horizontal_rules", None) or []
+    ty = np.array(sorted({*reg.horizontal_rules, *extra}), float) * WORK_SCALE
     tx = np.array(reg.vertical_rules, float) * WORK_SCALE
     sy, by, ny, ry = fit_axis(ty, horiz, scales)
     sx, bx, nx, rx = fit_axis(tx, vert, scales)

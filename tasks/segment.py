@@ -7,6 +7,7 @@ themselves are removed before digits are looked for.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import cv2
@@ -15,9 +16,9 @@ import numpy as np
 from tasks.template import Box
 
 MIN_CONTRAST = 60  # grey levels between paper and the darkest ink for a cell to hold ink
-SCRIBBLE_SHARE = 0.30
-TOUCHING_RATIO = 1.45  # a blob this much wider than tall is several touching digits
-DIGIT_ASPECT = 0.8  # expected width / height of one handwritten digit, to count them  # ink over this share of the cell: scribbled over, not digits
+SCRIBBLE_SHARE = 0.30  # ink over this share of the cell: scribbled over, not digits
+MIN_PAIR_RATIO = 0.9  # a blob narrower than this (width / height) holds one digit
+NARROWEST_DIGIT = 0.4  # width / height of the narrowest digit but a "1", to bound the count
 
 
 def crop_cell(gray: np.ndarray, matrix: np.ndarray, box: Box, pad: int) -> np.ndarray:
@@ -34,8 +35,12 @@ def crop_cell(gray: np.ndarray, matrix: np.ndarray, box: Box, pad: int) -> np.nd
 @dataclass
 class Segmentation:
     kind: str  # "digits", "dash", "empty" or "unreadable"
-    digits: list[np.ndarray] = field(default_factory=list)  # ink-bright float crops, left to right
-    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # in crop coordinates
+    # every candidate digit image (ink-bright float) and its box in crop coordinates
+    digits: list[np.ndarray] = field(default_factory=list)
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    # per blob, left to right: its hypotheses (one digit, or 2..k touching digits), each a
+    # list of indices into `digits`
+    groups: list[list[list[int]]] = field(default_factory=list)
     reason: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -94,18 +99,24 @@ def _merge_groups(stats: list[tuple[int, int, int, int, int, int]]) -> list[list
 
 
 def _split_touching(mask: np.ndarray, parts: int) -> list[np.ndarray]:
-    """Cut a blob of several touching digits at the thinnest columns near the even splits."""
-    cols = mask.sum(axis=0).astype(np.float64)
-    w = mask.shape[1]
+    """Cut a blob of several touching digits where the ink is shortest (its vertical extent is
+    small where two digits join, even when the join itself is thick) near the even splits."""
+    h, w = mask.shape
+    rows = np.arange(h)[:, None]
+    present = mask > 0
+    top = np.where(present, rows, h).min(axis=0)
+    bottom = np.where(present, rows, -1).max(axis=0)
+    extent = np.clip(bottom - top + 1, 0, None).astype(np.float64)
+    cols = extent + 0.25 * present.sum(axis=0)
     cuts = [0]
     for k in range(1, parts):
         centre = k * w / parts
-        lo, hi = int(centre - w / (parts * 3)), int(centre + w / (parts * 3)) + 1
+        lo, hi = int(centre - w / (parts * 2.5)), int(centre + w / (parts * 2.5)) + 1
         lo, hi = max(lo, cuts[-1] + 2), min(hi, w - 2)
         cuts.append(lo + int(np.argmin(cols[lo:hi])) if hi > lo else int(centre))
     cuts.append(w)
     out = []
-    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+    for a, b in itertools.pairwise(cuts):
         piece = np.zeros_like(mask)
         piece[:, a:b] = mask[:, a:b]
         out.append(piece)
@@ -121,6 +132,9 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
     if contrast < MIN_CONTRAST:
         return Segmentation("empty", reason="no ink in the cell")
     binary = np.where(strength > 0.45, 255, 0).astype(np.uint8)
+    core_share = float((binary[pad : h - pad, pad : w - pad] > 0).mean())
+    if core_share > SCRIBBLE_SHARE:
+        return Segmentation("unreadable", reason=f"scribbled over: ink covers {core_share:.0%} of the cell")
     binary = remove_rules(binary, pad, subbox_edges or [])
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     keep = []
@@ -135,9 +149,6 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
         keep.append(i)
     if not keep:
         return Segmentation("empty", reason="no ink in the cell")
-    ink_area = sum(int(stats[i][4]) for i in keep)
-    if ink_area > SCRIBBLE_SHARE * core_h * core_w:
-        return Segmentation("unreadable", reason=f"scribbled over: ink covers {ink_area / (core_h * core_w):.0%} of the cell")
     if subbox_edges:
         # printed sub-boxes hold one digit each: group the marks by the box they sit in
         bounds = [pad, *subbox_edges, w - pad]
@@ -148,7 +159,7 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
             slots.setdefault(slot, []).append(j)
         groups = [slots[k] for k in sorted(slots)]
     else:
-        groups = _merge_groups([tuple(int(v) for v in stats[i]) + (i,) for i in keep])  # type: ignore[misc]
+        groups = _merge_groups([(*(int(v) for v in stats[i]), i) for i in keep])  # type: ignore[misc]
     boxes_masks = []
     for g in groups:
         ids = [keep[j] for j in g]
@@ -161,28 +172,41 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
     # a dash: flat strokes only, much wider than tall (a 0 or "none" written as "-")
     if all(b[3] < 0.3 * core_h and b[2] > 1.8 * b[3] for b, _ in boxes_masks):
         return Segmentation("dash", reason=None)
-    digits, boxes = [], []
     seg = Segmentation("digits")
     for (bx, by, bw, bh), mask in boxes_masks:
         if bh < 0.3 * tallest and bw < 0.3 * tallest:
             seg.notes.append("dropped a small mark (dot or comma)")
             continue
-        parts = 1
-        if not subbox_edges and bw > TOUCHING_RATIO * bh and bh >= 0.6 * tallest:
-            parts = int(np.clip(round(bw / (DIGIT_ASPECT * bh)), 2, max_digits))
         sub = mask[by : by + bh, bx : bx + bw]
-        pieces = _split_touching(sub, parts) if parts > 1 else [sub]
-        if parts > 1:
-            seg.notes.append(f"split touching digits into {parts}")
-        for piece in pieces:
-            ys, xs = np.nonzero(piece)
-            if len(xs) == 0:
-                continue
-            x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-            region = strength[by + y0 : by + y1, bx + x0 : bx + x1] * piece[y0:y1, x0:x1]
-            digits.append(region.astype(np.float32))
-            boxes.append((int(bx + x0), int(by + y0), int(x1 - x0), int(y1 - y0)))
-    if not digits:
+        hypotheses = []
+        for parts in candidate_splits(bw, bh, tallest, max_digits, bool(subbox_edges)):
+            pieces = _split_touching(sub, parts) if parts > 1 else [sub]
+            idx = []
+            for piece in pieces:
+                ys, xs = np.nonzero(piece)
+                if len(xs) == 0:
+                    continue
+                x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+                region = strength[by + y0 : by + y1, bx + x0 : bx + x1] * piece[y0:y1, x0:x1]
+                idx.append(len(seg.digits))
+                seg.digits.append(region.astype(np.float32))
+                seg.boxes.append((int(bx + x0), int(by + y0), int(x1 - x0), int(y1 - y0)))
+            if idx:
+                hypotheses.append(idx)
+        if hypotheses:
+            seg.groups.append(hypotheses)
+    if not seg.digits:
         return Segmentation("empty", reason="only specks in the cell")
-    seg.digits, seg.boxes = digits, boxes
     return seg
+
+
+def candidate_splits(w: int, h: int, tallest: int, max_digits: int, in_subbox: bool) -> list[int]:
+    """How many digits a blob may hold: 1, and for a wide blob also 2..k touching digits.
+
+    The model picks among these later (recognition-based segmentation): a wide "7" stays one
+    digit because it reads well whole, a "00" written joined splits because its halves do.
+    """
+    if in_subbox or h < 0.6 * tallest or w < MIN_PAIR_RATIO * h:
+        return [1]
+    most = int(np.clip(np.ceil(w / (NARROWEST_DIGIT * h)), 2, max_digits))
+    return list(range(1, most + 1))

@@ -175,7 +175,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = subprocess.Popen(
         [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
          f"-s3.port={s3}", f"-master.port={master}", f"-volume.port={volume}",
-         f"-filer.port={filer}", "-volume.max=0"],
+         f"-filer.port={filer}", "-volume.max=200", "-master.volumeSizeLimitMB=64"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     endpoint = f"http://127.0.0.1:{s3}"

@@ -79,7 +79,7 @@ def unknown_mesa_writes_nothing(url: str, template) -> None:
         upsert_telegram(s, MESA, template.name)
     other = MesaId(21, 1, "402", 2)
     labels = [Label(MESA, "senadores/503", 135), Label(other, "senadores/503", 10)]
-    with pytest.raises(CifrasError, match="mesa 2100100002X .* is unknown; nothing was loaded"):
+    with pytest.raises(CifrasError, match=r"mesa 2100100002X .* is unknown; nothing was loaded"):
         store_labels(url, labels, template, source="t.csv")
     with session_scope(url) as s:
         assert s.scalar(select(func.count()).select_from(OfficialResult)) == 0

@@ -95,7 +95,7 @@ def test_reference_handwriting_falls_inside_the_cells(template, reference_scan):
         # every cell of the reference holds writing (a number or a dash)
         assert ink(gray, cell.box) > 0.004, cell.id
         # the same box moved into the blank right margin holds none
-        x, y, w, h = cell.box
+        _, y, w, h = cell.box
         margin = (1562, y, min(w, 125), h)  # right of the table: blank paper
         assert ink(gray, margin) < 0.002, cell.id
     # the table's empty areas: the row just above the value cells and the page margins
@@ -106,6 +106,6 @@ def test_overlay_draws_on_a_copy(template):
     page = np.full((template.page.height, template.page.width), 255, np.uint8)
     out = draw_template(page, template)
     assert out.shape == (2800, 1700, 3)
-    x, y, w, h = template.cell("senadores/503").box
+    x, y, w, _ = template.cell("senadores/503").box
     assert (out[y, x + w // 2] != 255).any()  # the box edge is drawn
     assert page.min() == 255

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from tasks.compose import compose
+from tasks.scoring import Scored, digit_pairs, score_cells
+from tasks.segment import Segmentation
+
+
+def onehot(digits, p=0.99):
+    out = np.full((len(digits), 10), (1 - p) / 9, np.float32)
+    for i, d in enumerate(digits):
+        out[i, d] = p
+    return out
+
+
+def test_the_model_decides_whether_a_wide_blob_is_split():
+    seg = Segmentation("digits", digits=[None] * 3, groups=[[[0], [1, 2]]])
+    whole_is_clear = onehot([7, 1, 1], 0.99)
+    whole_is_clear[1:, :] = 0.5 / 9
+    whole_is_clear[1:, 1] = 0.5
+    r = compose(seg, whole_is_clear, 3, 0.5)
+    assert r.digits == "7" and r.chosen == [0]
+    halves_are_clear = onehot([8, 0, 0], 0.4)
+    halves_are_clear[1:] = onehot([0, 0], 0.99)
+    r = compose(seg, halves_are_clear, 3, 0.5)
+    assert r.digits == "00" and r.chosen == [1, 2] and "touching" in r.reason
+
+
+def test_number_is_rebuilt_from_its_digits():
+    r = compose(Segmentation("digits", digits=[None] * 3), onehot([1, 3, 5]), 3, 0.9)
+    assert (r.value, r.digits, r.status) == (135, "135", "ok")
+    assert r.confidence == pytest.approx(0.99 ** 3, abs=1e-3)
+    assert r.digit_probs[0][0] == (1, 0.99)
+
+
+def test_zero_padded_reading_keeps_its_digits():
+    r = compose(Segmentation("digits", digits=[None] * 3), onehot([0, 0, 4]), 3, 0.9)
+    assert (r.value, r.digits) == (4, "004")
+
+
+def test_low_confidence_goes_to_review_with_the_alternative():
+    probs = onehot([7])
+    probs[0] = 0.0
+    probs[0, 7], probs[0, 1] = 0.55, 0.45
+    r = compose(Segmentation("digits", digits=[None]), probs, 3, 0.9)
+    assert r.status == "review" and "7 (0.55) or 1 (0.45)" in r.reason
+    assert r.value == 7  # the best guess is kept for the reviewer
+
+
+def test_too_many_digits_goes_to_review():
+    r = compose(Segmentation("digits", digits=[None] * 4), onehot([1, 2, 3, 4]), 3, 0.9)
+    assert r.status == "review" and "4 marks" in r.reason
+
+
+def test_empty_dash_and_unreadable():
+    empty = compose(Segmentation("empty", reason="no ink in the cell"), np.zeros((0, 10)), 3, 0.9)
+    assert empty.value is None and empty.status == "empty"
+    dash = compose(Segmentation("dash"), np.zeros((0, 10)), 3, 0.9)
+    assert (dash.value, dash.digits, dash.status) == (0, "-", "ok")
+    bad = compose(Segmentation("unreadable", reason="scribbled over"), np.zeros((0, 10)), 3, 0.9)
+    assert bad.status == "unreadable" and bad.reason == "scribbled over"
+
+
+def test_digit_pairs_follow_the_paper():
+    assert digit_pairs(135, "135") == [(1, 1), (3, 3), (5, 5)]
+    assert digit_pairs(4, "004") == [(0, 0), (0, 0), (4, 4)]
+    assert digit_pairs(135, "13") is None
+    assert digit_pairs(0, "-") is None
+
+
+def test_scores():
+    cells = [
+        Scored("a", 135, 135, "135", "ok"),
+        Scored("b", 94, 84, "84", "review"),
+        Scored("c", 0, None, "", "empty"),  # blank cell means none: right
+        Scored("d", 7, None, "", "unreadable"),
+    ]
+    m = score_cells(cells)
+    assert m["number_accuracy"] == 0.5
+    assert m["number_accuracy_by_length"] == {"1": 0.5, "2": 0.0, "3": 1.0}
+    assert m["accuracy_when_ok"] == 1.0
+    assert m["review_share"] == 0.25
+    assert m["digits_scored"] == 5 and m["digit_accuracy"] == pytest.approx(4 / 5)
+    assert np.array(m["confusion_matrix"])[9, 8] == 1

@@ -1,0 +1,171 @@
+"""The nightly ingest flow over generated telegrams plus every kind of bad input, against a
+real Prefect API, real MLflow tracking and a real SQLite results database."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import delete, func, select
+
+from flows.generate import generate_flow, mesa_for
+from flows.ingest import backfill_flow, ingest_flow
+from tasks.db import OfficialResult, Reading, Scan, Telegram, session_scope
+from tasks.official_results import Label, MesaId, store_labels
+from tasks.settings import load_settings
+from tests.test_decode import png_header_only
+
+N_GENERATED = 20
+
+
+@pytest.fixture
+def reading_env(trained_registry: Path, tmp_path: Path, monkeypatch, mnist_npz) -> Path:
+    data = tmp_path / "night"
+    monkeypatch.setenv("CIFRAS_DATA_DIR", str(data))
+    monkeypatch.setenv("CIFRAS_MNIST_PATH", str(mnist_npz))
+    monkeypatch.setenv("CIFRAS_MLFLOW__TRACKING_URI", f"sqlite:///{trained_registry / 'mlflow.db'}")
+    monkeypatch.setenv("CIFRAS_READ__CHUNK_SIZE", "8")
+    return data
+
+
+def jpeg(img: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def add_bad_inputs(scans: Path) -> dict[str, str]:
+    """Objects that must each end with a recorded reason, never a crash."""
+    rng = np.random.default_rng(0)
+    a_scan = cv2.imread(str(sorted(scans.glob("*.jpg"))[0]), cv2.IMREAD_GRAYSCALE)
+    wrong = np.full((2800, 1700), 255, np.uint8)
+    for _ in range(40):  # another document: text-like blocks, no telegram table
+        x, y = int(rng.integers(100, 1400)), int(rng.integers(100, 2600))
+        cv2.putText(wrong, "LOREM IPSUM DOLOR", (x, y), cv2.FONT_HERSHEY_SIMPLEX, 1.2, 0, 2)
+    files = {
+        "corrupt.jpg": rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+        "zero.png": b"",
+        "bomb.png": png_header_only(60_000, 60_000),
+        "blank.jpg": jpeg(np.full((2800, 1700), 250, np.uint8)),
+        "other_form.jpg": jpeg(wrong),
+        "9900100001X.jpg": jpeg(cv2.rotate(a_scan, cv2.ROTATE_90_CLOCKWISE)),  # no labels
+        "9900100002X.jpg": jpeg(cv2.rotate(a_scan, cv2.ROTATE_180)),
+    }
+    for name, data in files.items():
+        (scans / name).write_bytes(data)
+    return {
+        "corrupt.jpg": "not an image", "zero.png": "empty file", "bomb.png": "too large",
+        "blank.jpg": "blank page", "other_form.jpg": "form not recognised",
+    }
+
+
+def scan_rows(url: str) -> dict[str, tuple[str, str | None]]:
+    with session_scope(url) as s:
+        rows = s.execute(select(Scan.uri, Scan.status, Scan.reason))
+        return {u.rsplit("/", 1)[-1]: (st, r) for u, st, r in rows}
+
+
+def count(url: str, table) -> int:
+    with session_scope(url) as s:
+        return s.scalar(select(func.count()).select_from(table))
+
+
+@pytest.mark.slow
+def test_nightly_ingest_reads_scores_and_survives_bad_input(reading_env, shared_data, template):
+    from mlflow import MlflowClient
+
+    settings = load_settings()
+    generate_flow(count=N_GENERATED, seed=31)
+    scans = reading_env / "scans"
+    expected_reasons = add_bad_inputs(scans)
+    ref = shared_data / "telegram_reference" / "santa_fe_2021_mesa_0001.jpg"
+    (scans / "2100100001X.jpg").write_bytes(ref.read_bytes())
+    # the reference telegram's labels: one row left out of the database on purpose
+    mesa = MesaId(21, 1, "402", 1)
+    truth = {"senadores/503": 135, "senadores/508": 94, "header/sobres": 283}
+    store_labels(settings.db_url, [Label(mesa, c, v) for c, v in truth.items()], template, "test",
+                 create_mesas=True)
+    with session_scope(settings.db_url) as s:
+        victim = s.scalar(select(Telegram.id).where(Telegram.mesa_code == mesa_for(31, 0).code))
+        assert victim is not None
+        s.execute(delete(OfficialResult).where(OfficialResult.telegram_id == victim,
+                                               OfficialResult.cell_id == "senadores/87"))
+
+    result = ingest_flow()
+
+    total_objects = N_GENERATED + len(expected_reasons) + 3
+    assert result["scans"] == total_objects
+    rows = scan_rows(settings.db_url)
+    assert len(rows) == total_objects
+    for name, reason in expected_reasons.items():
+        status, why = rows[name]
+        assert status in ("unreadable", "unaligned") and reason in why, (name, status, why)
+    for name in ("9900100001X.jpg", "9900100002X.jpg"):
+        assert rows[name][0] == "ok" and "turned" in rows[name][1]
+    n_ok = sum(1 for st, _ in rows.values() if st == "ok")
+    assert n_ok == N_GENERATED + 3, {k: v for k, v in rows.items() if v[0] != "ok"}
+    assert result["read"] == n_ok and result["unreadable"] + result["unaligned"] == len(expected_reasons)
+    assert count(settings.db_url, Reading) == n_ok * len(template.cells)
+    # scored: every generated cell but the deleted label, plus the reference's three labels
+    assert result["cells_scored"] == N_GENERATED * len(template.cells) - 1 + len(truth)
+    assert result["digit_accuracy"] > 0.7 and result["number_accuracy"] > 0.5
+    assert set(result["status_counts"]) <= {"ok", "review", "empty", "unreadable"}
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == "telegram-ingest"
+    for key in ("digit_accuracy", "digit_precision_macro", "digit_recall_macro", "digit_f1_macro",
+                "number_accuracy", "review_share", "number_accuracy_len1"):
+        assert key in run.data.metrics
+    assert run.data.metrics["digit_accuracy"] == pytest.approx(result["digit_accuracy"])
+    assert run.data.params["model_version"] == "digit-cnn/v1"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"readings.parquet", "digit_confusion_matrix.png", "metrics.json"} <= artifacts
+    if result["number_accuracy"] < 1:
+        assert "misread_cells.png" in artifacts
+
+    exports = reading_env / "exports"
+    table = pd.read_parquet(exports / "runs" / result["run_id"] / "readings.parquet")
+    assert len(table) == n_ok * len(template.cells)
+    digits = np.load(next((exports / "datasets" / result["run_id"] / "digits").glob("*.npz")))
+    assert digits["x"].shape[1:] == (28, 28) and len(digits["x"]) == len(digits["y"])
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as pc:
+        arts = pc.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ingest-summary"])))
+    assert arts and any("digit_accuracy" in str(a.data) for a in arts)
+
+    # the same night again: nothing new, nothing duplicated
+    again = ingest_flow()
+    assert again["scans"] == 0
+    assert count(settings.db_url, Reading) == n_ok * len(template.cells)
+    # forced re-read (e.g. after fixing the reader): rows are replaced, not added
+    forced = ingest_flow(force=True)
+    assert forced["scans"] == total_objects
+    assert count(settings.db_url, Reading) == n_ok * len(template.cells)
+    assert count(settings.db_url, Scan) == total_objects
+    # a backfill of a period with no scans reads nothing
+    assert backfill_flow(date(2001, 1, 1), date(2001, 1, 2), force=True)["scans"] == 0
+
+
+def test_read_telegram_json(use_registry, reference_scan):
+    import json
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    scan, _ = reference_scan
+    out = CliRunner().invoke(app, ["read-telegram", str(scan), "--json"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert doc["scan"] == str(scan) and doc["status"] == "ok"
+    assert len(doc["cells"]) == 31
+    cell = doc["cells"]["senadores/503"]
+    assert set(cell) == {"value", "digits", "confidence", "status", "reason"}
+    assert doc["cells"]["senadores/recurridos"]["digits"] == "-"

@@ -1,0 +1,121 @@
+"""Digit segmentation on crafted cells (dark ink on white, 8 px pad around a 200x60 box)."""
+
+import cv2
+import numpy as np
+
+from tasks.segment import crop_cell, segment_cell
+
+PAD = 8
+H, W = 60 + 2 * PAD, 200 + 2 * PAD
+
+
+def blank() -> np.ndarray:
+    return np.full((H, W), 255, np.uint8)
+
+
+def with_rules(img: np.ndarray) -> np.ndarray:
+    """The printed rules around the cell, as a slightly misregistered crop would show them."""
+    img = img.copy()
+    cv2.line(img, (0, 4), (W - 1, 4), 0, 3)
+    cv2.line(img, (0, H - 5), (W - 1, H - 5), 0, 3)
+    cv2.line(img, (3, 0), (3, H - 1), 0, 3)
+    cv2.line(img, (W - 4, 0), (W - 4, H - 1), 0, 3)
+    return img
+
+
+def one(img, x, y, h=36, w=14):
+    cv2.line(img, (x + w // 2, y), (x + w // 2, y + h), 0, 4)
+
+
+def zero(img, cx, cy):
+    cv2.ellipse(img, (cx, cy), (11, 18), 0, 0, 360, 0, 4)
+
+
+def test_empty_cell_is_empty_even_with_rules():
+    seg = segment_cell(with_rules(blank()), PAD, 3)
+    assert seg.kind == "empty" and seg.digits == []
+    assert "no ink" in seg.reason
+
+
+def test_rules_are_removed_and_digits_found_in_order():
+    img = with_rules(blank())
+    one(img, 60, 20)
+    zero(img, 110, 38)
+    seg = segment_cell(img, PAD, 3)
+    assert seg.kind == "digits" and [len(g) for g in seg.groups] == [1, 1]
+    xs = [b[0] for b in seg.boxes]
+    assert xs == sorted(xs)
+    assert all(b[3] < 45 for b in seg.boxes)  # no rule glued to a digit
+
+
+def test_dash_is_recognised():
+    img = with_rules(blank())
+    cv2.line(img, (80, 40), (130, 42), 0, 4)
+    assert segment_cell(img, PAD, 3).kind == "dash"
+
+
+def test_touching_pair_offers_a_split_hypothesis():
+    img = blank()
+    zero(img, 90, 38)
+    zero(img, 112, 38)  # overlapping ellipses: one blob, two digits
+    seg = segment_cell(img, PAD, 3)
+    assert len(seg.groups) == 1
+    whole, pair = seg.groups[0][0], seg.groups[0][1]
+    assert len(whole) == 1 and len(pair) == 2
+    widths = [seg.boxes[i][2] for i in pair]
+    assert abs(widths[0] - widths[1]) < 10 and sum(widths) <= seg.boxes[whole[0]][2] + 2
+
+
+def test_narrow_digit_has_no_split_hypothesis():
+    img = blank()
+    one(img, 100, 20)
+    seg = segment_cell(img, PAD, 3)
+    assert seg.groups == [[[0]]]
+
+
+def test_broken_stroke_stays_one_digit():
+    img = blank()
+    cv2.line(img, (100, 20), (100, 35), 0, 4)
+    cv2.line(img, (100, 39), (100, 56), 0, 4)  # a "1" with a gap
+    seg = segment_cell(img, PAD, 3)
+    assert seg.groups == [[[0]]]
+
+
+def test_specks_are_dropped():
+    img = blank()
+    for x, y in ((30, 20), (150, 50), (170, 25)):
+        img[y : y + 2, x : x + 2] = 0
+    assert segment_cell(img, PAD, 3).kind == "empty"
+
+
+def test_scribbled_cell_is_unreadable():
+    img = blank()
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        p = rng.integers([PAD, PAD], [W - PAD, H - PAD], size=(2, 2))
+        cv2.line(img, tuple(map(int, p[0])), tuple(map(int, p[1])), 0, 6)
+    seg = segment_cell(img, PAD, 3)
+    assert seg.kind == "unreadable" and "scribbled" in seg.reason
+
+
+def test_sub_boxes_hold_one_digit_each():
+    img = blank()
+    edges = [PAD + 66, PAD + 133]
+    for x in edges:  # dotted printed separators
+        for y in range(PAD, H - PAD, 6):
+            cv2.line(img, (x, y), (x, y + 2), 0, 2)
+    zero(img, PAD + 30, 38)
+    zero(img, PAD + 100, 38)
+    one(img, PAD + 160, 20)
+    seg = segment_cell(img, PAD, 3, edges)
+    assert [len(g) for g in seg.groups] == [1, 1, 1] and len(seg.digits) == 3
+
+
+def test_crop_follows_the_affine_map():
+    page = np.full((300, 400), 255, np.uint8)
+    page[100:120, 200:210] = 0
+    shift = np.array([[1, 0, 15], [0, 1, -10]], np.float64)  # scan = template + (15, -10)
+    moved = cv2.warpAffine(page, shift, (400, 300), borderValue=255)
+    crop = crop_cell(moved, shift, (190, 90, 40, 40), pad=0)
+    ys, xs = np.nonzero(crop < 128)
+    assert (ys.min(), xs.min()) == (10, 10)
