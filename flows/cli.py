@@ -74,7 +74,7 @@ def evaluate_digits(
 def demo(
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
-    """The main job on embedded defaults: train a champion if there is none, then evaluate it."""
+    """The main job on embedded defaults: champion, 100 generated telegrams + the real one, read."""
     from flows.demo import render, run_demo
 
     _run(run_demo, as_json, render)

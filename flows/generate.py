@@ -2,7 +2,8 @@
 
 Each telegram i of a seed gets its own random stream (seed, i), so output is deterministic and
 chunks can be rendered in any order or in parallel. Mesa identities are unique per (seed, i):
-sección = 1 + seed mod 999, mesa = i + 1.
+sección = 100 + seed mod 900 (real sections of the reference district are below 100, so a
+generated mesa never takes a real one's code), mesa = i + 1.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from prefect import flow, task
 
 from tasks.db import migrate
+from tasks.digit_data import mnist_source
 from tasks.digit_pools import load_pool
 from tasks.official_results import Label, MesaId, labels_to_csv, store_labels, upsert_telegram
 from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
@@ -28,7 +30,7 @@ DISTRITO = 21  # Santa Fe, the reference telegram's district
 
 
 def mesa_for(seed: int, index: int) -> MesaId:
-    return MesaId(DISTRITO, 1 + seed % 999, str(400 + seed % 600), index + 1)
+    return MesaId(DISTRITO, 100 + seed % 900, str(400 + seed % 600), index + 1)
 
 
 def render_one(template: Template, pool, seed: int, index: int) -> tuple[MesaId, dict[str, int], bytes]:
@@ -47,7 +49,11 @@ def render_one(template: Template, pool, seed: int, index: int) -> tuple[MesaId,
 def render_chunk_task(settings: Settings, template_name: str, digits: str, seed: int,
                       indices: list[int]) -> list[tuple[MesaId, dict[str, int], bytes]]:
     template = load_template(template_name)
-    pool = load_pool(digits, settings.shared_data, settings.mnist_path)
+    mnist = None
+    if digits.split(":")[0] == "mnist":
+        mnist = mnist_source(settings.mnist_path, settings.mnist_download_url, settings.mnist_sha256,
+                             settings.data_dir / "keras")
+    pool = load_pool(digits, settings.shared_data, mnist)
     return [render_one(template, pool, seed, i) for i in indices]
 
 

@@ -144,3 +144,8 @@ def load_mnist(
         test=DigitSet(arrays["x_test"], arrays["y_test"].astype(np.int64), "mnist:test"),
         source=str(path),
     )
+
+
+def mnist_source(path: Path | None, download_url: str, sha256: str | None, cache_dir: Path) -> Path:
+    """The local MNIST (file or IDX folder): the configured path, else the cached download."""
+    return path if path is not None else _download_mnist(download_url, sha256, cache_dir)

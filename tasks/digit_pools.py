@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tasks.digit_data import load_digit_set
+from tasks.digit_data import load_digit_set, load_mnist
 from tasks.errors import CifrasError
 
 SOURCES = ("mnist", "usps", "optdigits", "orand")
@@ -177,6 +177,9 @@ def _load_cached(name: str, split: str, shared_data: Path | None, mnist_path: Pa
     if name == "mnist":
         if mnist_path is None:
             raise CifrasError("digit source mnist needs an mnist.npz path (set CIFRAS_MNIST_PATH)")
+        if mnist_path.is_dir():  # the four IDX files
+            test = load_mnist(mnist_path, "", None, mnist_path).test
+            return _group("mnist:test", list(test.x), test.y.tolist(), stretched=False)
         return _npz_pool("mnist", mnist_path, split, binary=False)
     if shared_data is None:
         raise CifrasError(f"digit source {name} needs the shared data folder (set CIFRAS_SHARED_DATA)")

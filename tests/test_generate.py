@@ -64,10 +64,10 @@ def test_generate_to_s3_with_labels_in_postgres(cifras_env, mnist_npz, prefect_s
     settings = load_settings()
     fs, path = filesystem(out, settings)
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-    assert names == ["2100600001X.jpg", "2100600002X.jpg", "2100600003X.jpg", "labels-seed5.csv"]
-    data = read_bytes(f"{out}/2100600001X.jpg", settings)
+    assert names == ["2110500001X.jpg", "2110500002X.jpg", "2110500003X.jpg", "labels-seed5.csv"]
+    data = read_bytes(f"{out}/2110500001X.jpg", settings)
     assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE).shape == (2800, 1700)
     with session_scope(pg_url) as s:
         assert s.scalar(select(func.count()).select_from(OfficialResult)) == 3 * len(template.cells)
-        assert s.scalar(select(Telegram.scan_uri).where(Telegram.mesa_code == "2100600001X")) == \
-            f"{out}/2100600001X.jpg"
+        assert s.scalar(select(Telegram.scan_uri).where(Telegram.mesa_code == "2110500001X")) == \
+            f"{out}/2110500001X.jpg"

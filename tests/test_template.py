@@ -7,6 +7,7 @@ import yaml
 
 from tasks.errors import CifrasError
 from tasks.overlay import draw_template
+from tasks.reference import reference_values
 from tasks.settings import CONF_DIR
 from tasks.template import load_template, parse_template, template_path
 
@@ -35,15 +36,6 @@ def test_reference_transcription_satisfies_the_relations(template, reference_sca
     assert template.violations(values) == []
     values["senadores/503"] += 1
     assert set(template.violations(values)) == {"senadores_sum"}
-
-
-def reference_values(truth: dict) -> dict[str, int]:
-    values = {f"header/{k}": v for k, v in truth["header"].items() if k != "diferencia_written"}
-    values["header/diferencia"] = int(truth["header"]["diferencia_written"])
-    for cat in ("senadores", "diputados"):
-        for row, v in truth[cat].items():
-            values[f"{cat}/{row}"] = 0 if v == "-" else int(v)
-    return values
 
 
 def test_overlapping_cells_are_refused(raw):
