@@ -158,6 +158,48 @@ def generate(
     _run(lambda: generate_flow(count=count, out=out, seed=seed, digits=digits, db=db), as_json)
 
 
+@app.command("contact-sheet")
+def contact_sheet_cmd(
+    out: str = typer.Option(..., "--out", help="PNG to write."),
+    count: int = typer.Option(6, help="Generated telegrams to show."),
+    seed: int = typer.Option(0, help="Generator seed."),
+    digits: str = typer.Option(None, help="Handwriting pool (default from conf)."),
+) -> None:
+    """Generated telegrams next to the real reference scan, to judge realism by eye."""
+    import cv2
+    import numpy as np
+
+    from flows.generate import render_one
+    from tasks.contact_sheet import contact_sheet
+    from tasks.digit_data import mnist_source
+    from tasks.digit_pools import load_pool
+    from tasks.settings import load_settings
+    from tasks.storage import write_bytes
+    from tasks.template import load_template
+
+    def job() -> dict:
+        settings = load_settings()
+        tpl = load_template(settings.template)
+        source = digits or settings.generate.digits
+        mnist = mnist_source(settings.mnist_path, settings.mnist_download_url, settings.mnist_sha256,
+                             settings.data_dir / "keras") if source.startswith("mnist") else None
+        pool = load_pool(source, settings.shared_data, mnist)
+        scans = []
+        folder = settings.shared_path("telegram_reference")
+        real = sorted(folder.glob("*.jpg")) if folder else []
+        if real:
+            scans.append(("REAL: " + real[0].name, cv2.imread(str(real[0]), cv2.IMREAD_GRAYSCALE)))
+        for i in range(count):
+            mesa, _, data = render_one(tpl, pool, seed, i)
+            scans.append((f"generated {mesa.code} ({source})",
+                          cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)))
+        _, png = cv2.imencode(".png", contact_sheet(scans))
+        write_bytes(out, png.tobytes(), settings)
+        return {"out": out, "generated": count, "real": len(real[:1])}
+
+    _run(job, as_json=False)
+
+
 @app.command("read-telegram")
 def read_telegram(
     scans: list[str] = typer.Argument(..., help="Scan files or URLs."),

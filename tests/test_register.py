@@ -1,0 +1,60 @@
+"""Registration on generated scans (whose true template->scan map is known) and on the real
+reference scan, plus the scans that must be refused."""
+
+import cv2
+import numpy as np
+import pytest
+
+from tasks.register import register, register_upright
+from tasks.render import printed_form
+from tasks.scan_effects import apply_matrix
+
+
+def cell_centres(template) -> np.ndarray:
+    return np.array([[c.box[0] + c.box[2] / 2, c.box[1] + c.box[3] / 2] for c in template.cells])
+
+
+@pytest.mark.parametrize("angle, scale, shift", [(0.0, 1.0, (0, 0)), (2.5, 0.975, (18, -22)),
+                                                 (-2.9, 1.025, (-25, 15)), (1.2, 1.0, (40, 30))])
+def test_known_rotation_shift_and_scale_are_recovered(template, angle, scale, shift):
+    page = printed_form(template)
+    m = cv2.getRotationMatrix2D((850, 1400), angle, scale)
+    m[:, 2] += shift
+    scan = cv2.warpAffine(page, m, (page.shape[1], page.shape[0]), borderValue=255)
+    a = register(scan, template)
+    assert a.ok, a.reason
+    pts = cell_centres(template)
+    pred = apply_matrix(a.matrix, pts)
+    assert np.abs(pred - apply_matrix(m, pts)).max() < 3.0
+    assert a.quality > 0.8
+
+
+def test_reference_scan_aligns_onto_its_own_template(template, reference_scan):
+    scan, _ = reference_scan
+    gray = cv2.imread(str(scan), cv2.IMREAD_GRAYSCALE)
+    a = register(gray, template)
+    assert a.ok and a.residual_px < 2
+    pts = cell_centres(template)
+    assert np.abs(apply_matrix(a.matrix, pts) - pts).max() < 3.0
+
+
+@pytest.mark.parametrize("turn, code", [(180, cv2.ROTATE_180), (90, cv2.ROTATE_90_COUNTERCLOCKWISE),
+                                        (270, cv2.ROTATE_90_CLOCKWISE)])
+def test_turned_scans_are_turned_back(template, turn, code):
+    page = printed_form(template)
+    a, upright = register_upright(cv2.rotate(page, code), template)
+    assert a.ok and upright.shape == page.shape
+    assert any("turned" in n for n in a.notes)
+    pts = cell_centres(template)
+    assert np.abs(apply_matrix(a.matrix, pts) - pts).max() < 3.0
+
+
+def test_blank_page_and_another_form_are_refused(template):
+    blank = np.full((2800, 1700), 248, np.uint8)
+    a = register(blank, template)
+    assert not a.ok and a.reason.startswith("blank page")
+    other = np.full((2800, 1700), 255, np.uint8)
+    for y in range(200, 2600, 140):  # a ruled sheet with the wrong spacing, no table columns
+        cv2.line(other, (150, y), (1550, y), 0, 3)
+    b, _ = register_upright(other, template)
+    assert not b.ok and "form not recognised" in b.reason
