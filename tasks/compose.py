@@ -28,6 +28,9 @@ class CellReading:
     reason: str | None = None
     digit_probs: list[list[tuple[int, float]]] = field(default_factory=list)  # top-k per digit
     chosen: list[int] = field(default_factory=list)  # which candidate digit images were read
+    # the likeliest numbers this cell may hold, (value, probability), best first: what the
+    # checksum decoder chooses among
+    candidates: list[tuple[int, float]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -41,20 +44,21 @@ def top_candidates(p: np.ndarray, k: int = TOP_K) -> list[tuple[int, float]]:
 def compose(seg: Segmentation, probs: np.ndarray, max_digits: int, ok_threshold: float) -> CellReading:
     """Rebuild the number from its digits; low confidence or too many digits go to review."""
     if seg.kind == "empty":
-        return CellReading(None, "", 1.0, "empty", seg.reason)
+        return CellReading(None, "", 1.0, "empty", seg.reason, candidates=[(0, 1.0)])
     if seg.kind == "unreadable":
         return CellReading(None, "", 0.0, "unreadable", seg.reason)
     if seg.kind == "dash":
-        return CellReading(0, "-", 1.0, "ok", None)
+        return CellReading(0, "-", 1.0, "ok", None, candidates=[(0, 1.0)])
     if len(probs) == 0:
         return CellReading(None, "", 0.0, "unreadable", "no digit found")
     chosen, splits = choose_hypotheses(seg, probs)
+    candidates = number_candidates(seg, probs, chosen, max_digits)
     probs = probs[chosen]
     best = probs.argmax(axis=1)
     digits = "".join(str(int(d)) for d in best)
     conf = float(np.prod(probs.max(axis=1)))
     reading = CellReading(int(digits), digits, round(conf, 4), "ok", None,
-                          [top_candidates(p) for p in probs], chosen)
+                          [top_candidates(p) for p in probs], chosen, candidates)
     if splits:
         reading.reason = f"read {splits} blob(s) as touching digits"
     if len(digits) > max_digits:
@@ -82,3 +86,39 @@ def choose_hypotheses(seg: Segmentation, probs: np.ndarray) -> tuple[list[int], 
         chosen.extend(best)
         splits += len(best) > 1
     return chosen, splits
+
+
+MAX_CANDIDATES = 12
+
+
+def number_candidates(seg: Segmentation, probs: np.ndarray, chosen: list[int], max_digits: int
+                      ) -> list[tuple[int, float]]:
+    """Numbers the cell may hold with their probabilities: every combination of each digit's
+    top-3 classes on the chosen segmentation, plus the best reading of each other way of
+    splitting its blobs. Values that do not fit the cell are left out."""
+    out: dict[int, float] = {}
+
+    def add(indices: list[int], penalty: float) -> None:
+        if not indices or len(indices) > max_digits:
+            return
+        tops = [np.argsort(probs[i])[::-1][:TOP_K] for i in indices]
+        combos: list[tuple[str, float]] = [("", penalty)]
+        for i, top in zip(indices, tops, strict=True):
+            combos = [(s + str(int(d)), p * float(probs[i, d])) for s, p in combos for d in top]
+        for text, p in combos:
+            value = int(text)
+            out[value] = max(out.get(value, 0.0), p)
+
+    add(chosen, 1.0)
+    if seg.groups:
+        pos = 0
+        for hypotheses in seg.groups:
+            best = next(h for h in hypotheses if set(h) <= set(chosen))
+            for alt in hypotheses:
+                if alt is best:
+                    continue
+                swapped = [*chosen[:pos], *alt, *chosen[pos + len(best):]]
+                add(swapped, float(np.exp(-SPLIT_PENALTY * max(0, len(alt) - 1))))
+            pos += len(best)
+    ranked = sorted(out.items(), key=lambda kv: -kv[1])[:MAX_CANDIDATES]
+    return [(v, round(p, 6)) for v, p in ranked]

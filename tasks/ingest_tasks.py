@@ -41,7 +41,7 @@ class ChunkResult:
 def read_options(settings: Settings) -> ReadOptions:
     r = settings.read
     return ReadOptions(pad=r.pad, ok_threshold=r.ok_threshold, reframe=r.reframe,
-                       batch_size=r.batch_size, max_pixels=r.max_pixels)
+                       batch_size=r.batch_size, max_pixels=r.max_pixels, checksum=r.checksum)
 
 
 def _modified(info: dict[str, Any]) -> datetime | None:

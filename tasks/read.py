@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tasks.checksum import apply_checksum
 from tasks.compose import CellReading, compose
 from tasks.decode import decode_scan
 from tasks.inference import predict_proba
@@ -32,6 +33,7 @@ class ReadOptions:
     reframe: str = "mnist"
     batch_size: int = 2048
     max_pixels: int = 80_000_000
+    checksum: bool = True  # decode each telegram under the form's relations
 
 
 @dataclass
@@ -129,6 +131,8 @@ def infer_and_compose(
             cells[cell.id] = compose(p.segs[cell.id], mine[idx], cell.max_digits, opt.ok_threshold)
             if idx:
                 digit_inputs[cell.id] = inputs[idx]
+        if opt.checksum:
+            cells = apply_checksum(template, cells, opt.ok_threshold)
         out.append(ScanReading(p.uri, p.content_hash, "ok", None, p.quality, p.notes, cells,
                                p.crops, digit_inputs))
     timings["compose"] = time.perf_counter() - t0

@@ -80,21 +80,28 @@ def remove_rules(binary: np.ndarray, pad: int, subbox_edges: list[int]) -> np.nd
 
 
 def _merge_groups(stats: list[tuple[int, int, int, int, int, int]]) -> list[list[int]]:
-    """Group components that overlap horizontally (strokes of one digit broken apart)."""
+    """Group the pieces of one digit that broke apart (a 5's flag above its body, a gap in a
+    stroke), but not two digits side by side that a slant makes overlap a little ("18")."""
     order = sorted(range(len(stats)), key=lambda i: stats[i][0])
     groups: list[list[int]] = []
-    spans: list[list[int]] = []
+    spans: list[list[int]] = []  # x0, x1, y0, y1 of each group
     for i in order:
-        x, _, w, _, _, _ = stats[i]
+        x, y, w, h, _, _ = stats[i]
         if spans:
-            gx0, gx1 = spans[-1]
-            overlap = min(gx1, x + w) - max(gx0, x)
-            if overlap >= 0.5 * min(w, gx1 - gx0) or (overlap > -2 and w < 0.25 * (gx1 - gx0)):
+            gx0, gx1, gy0, gy1 = spans[-1]
+            ox = min(gx1, x + w) - max(gx0, x)
+            oy = min(gy1, y + h) - max(gy0, y)
+            narrow, short = min(w, gx1 - gx0), min(h, gy1 - gy0)
+            # one above the other: a 5's flag, or the halves of a slanted stroke with a gap
+            stacked = oy < 0.25 * short and ox >= min(-2.0, -0.1 * short)
+            inside = ox >= 0.8 * narrow  # one within the other's columns
+            fragment = ox > -2 and w < 0.25 * (gx1 - gx0) and h < 0.5 * (gy1 - gy0)
+            if stacked or inside or fragment:
                 groups[-1].append(i)
-                spans[-1] = [min(gx0, x), max(gx1, x + w)]
+                spans[-1] = [min(gx0, x), max(gx1, x + w), min(gy0, y), max(gy1, y + h)]
                 continue
         groups.append([i])
-        spans.append([x, x + w])
+        spans.append([x, x + w, y, y + h])
     return groups
 
 
@@ -111,7 +118,8 @@ def _split_touching(mask: np.ndarray, parts: int) -> list[np.ndarray]:
     cuts = [0]
     for k in range(1, parts):
         centre = k * w / parts
-        lo, hi = int(centre - w / (parts * 2.5)), int(centre + w / (parts * 2.5)) + 1
+        # wide search: a "1" joined to the next digit is much narrower than an even share
+        lo, hi = int(centre - 0.7 * w / parts), int(centre + 0.7 * w / parts) + 1
         lo, hi = max(lo, cuts[-1] + 2), min(hi, w - 2)
         cuts.append(lo + int(np.argmin(cols[lo:hi])) if hi > lo else int(centre))
     cuts.append(w)

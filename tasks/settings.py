@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -47,6 +47,8 @@ class TrainSettings(_Section):
     validation_split: float = 0.1
     seed: int = 1
     limit: int | None = None
+    # Augmentation recipe (tasks/augment.py): None or "none" trains on plain MNIST.
+    augment: str | None = None
 
 
 class EvaluateSettings(_Section):
@@ -77,8 +79,22 @@ class ReadSettings(_Section):
     batch_size: int = 2048
     chunk_size: int = 25
     max_pixels: int = 80_000_000
+    checksum: bool = True
     suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
     experiment: str = "telegram-ingest"
+
+
+class DaskSettings(_Section):
+    # Scale-out of the chunked read stage. `address` (tcp://host:8786) sends chunks to a running
+    # Dask scheduler; otherwise `local_workers` > 0 starts a LocalCluster of that many worker
+    # processes for the run; both empty/0: chunks are read one after another in the flow process.
+    address: str | None = None
+    local_workers: int = Field(default=0, ge=0)
+    threads_per_worker: int = Field(default=1, ge=1)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address) or self.local_workers > 0
 
 
 class Settings(BaseSettings):
@@ -105,6 +121,7 @@ class Settings(BaseSettings):
     mlflow: MlflowSettings = MlflowSettings()
     train: TrainSettings = TrainSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
+    dask: DaskSettings = DaskSettings()
 
     @classmethod
     def settings_customise_sources(
