@@ -143,6 +143,20 @@ def load_results(
     _run(job, as_json=False)
 
 
+@app.command("evaluate-cells")
+def evaluate_cells(
+    images: str = typer.Option(..., "--images", help="Folder the CSV's file paths are relative to."),
+    labels: str = typer.Option(..., "--labels", help="CSV with columns file,label (others ignored)."),
+    model: str = typer.Option(None, help="MLflow model URI (default models:/digit-cnn@champion)."),
+    split: str = typer.Option(None, help="Keep only rows whose `split` column has this value."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Read images that each hold one handwritten number; report exact-number accuracy."""
+    from flows.evaluate_cells import evaluate_cells_flow
+
+    _run(lambda: evaluate_cells_flow(images, labels, model=model, split=split), as_json)
+
+
 @app.command()
 def generate(
     count: int = typer.Option(None, help="How many telegrams (default from conf: 100)."),

@@ -1,0 +1,54 @@
+"""`cifras evaluate-cells`: read images that each hold one handwritten number and score them,
+logging one MLflow run in the cell-eval experiment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+from prefect import flow
+
+from tasks import tracking
+from tasks.cell_reader import read_cells, read_label_csv, score_numbers
+from tasks.errors import CifrasError
+from tasks.settings import load_settings
+
+EXPERIMENT = "cell-eval"
+
+
+@flow(name="evaluate-cells")
+def evaluate_cells_flow(images: str, labels: str, model: str | None = None, split: str | None = None,
+                        max_digits: int = 6) -> dict:
+    settings = load_settings()
+    root, labels_path = Path(images), Path(labels)
+    if not labels_path.is_file():
+        raise CifrasError(f"labels file {labels_path} not found")
+    try:
+        cells, skipped = read_label_csv(labels_path.read_text(encoding="utf-8-sig"), split)
+    except ValueError as exc:
+        raise CifrasError(f"{labels_path}: {exc}") from exc
+    client = tracking.configure_mlflow(settings)
+    ref = tracking.resolve_model(client, model or settings.evaluate.model_uri)
+    keras_model = tracking.load_keras_model(ref)
+    imgs, kept, missing = [], [], 0
+    for c in cells:
+        img = cv2.imread(str(root / c.file), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            missing += 1
+            continue
+        imgs.append(img)
+        kept.append(c.label)
+    readings = read_cells(imgs, keras_model, max_digits, settings.read.ok_threshold,
+                          settings.read.reframe, settings.read.batch_size)
+    report = score_numbers(readings, kept)
+    report.update({"skipped_not_numbers": skipped, "missing_images": missing, "model": ref.label})
+    experiment = tracking.ensure_experiment(client, settings, EXPERIMENT)
+    with tracking.tracked_run(client, experiment, f"{root.name}:{split or 'all'}") as run_id:
+        tracking.log_params(client, run_id, {"images": str(root.resolve()), "labels": str(labels_path),
+                                             "split": split, "model_version": ref.label,
+                                             "ok_threshold": settings.read.ok_threshold})
+        tracking.log_metrics(client, run_id, {k: report[k] for k in
+                                              ("n", "number_accuracy", "review", "accuracy_when_ok")})
+        tracking.log_json(client, run_id, report, "report.json")
+    report["mlflow_run_id"] = run_id
+    return report

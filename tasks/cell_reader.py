@@ -1,0 +1,101 @@
+"""Reading images that each hold one handwritten number (a cropped cell), without a form
+template: the same segmentation, reframing, model and composition as the telegram pipeline.
+
+Real crops come with scanner margins and ruling lines; these are cleaned first so that only
+the writing is left for segmentation.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from tasks.compose import CellReading, compose
+from tasks.inference import predict_proba
+from tasks.reframe import reframe_many
+from tasks.segment import segment_cell
+
+PAD = 8
+DARK = 60  # grey level below which a border-touching region is scanner background
+
+
+def clean_margins(gray: np.ndarray) -> np.ndarray:
+    """Paint black scanner margins (large dark regions touching the border) white."""
+    dark = (gray < DARK).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=4)
+    h, w = gray.shape
+    out = gray.copy()
+    for i in range(1, n):
+        x, y, bw, bh, area = stats[i]
+        touches = x == 0 or y == 0 or x + bw == w or y + bh == h
+        if touches and area > 0.02 * h * w:
+            out[labels == i] = 255
+    return out
+
+
+def prepare_cell(gray: np.ndarray, max_digits: int):
+    """Segmentation of one cell image (grey, dark ink on light paper)."""
+    clean = clean_margins(gray)
+    framed = cv2.copyMakeBorder(clean, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
+    framed[:PAD], framed[-PAD:], framed[:, :PAD], framed[:, -PAD:] = 255, 255, 255, 255
+    return segment_cell(framed, PAD, max_digits)
+
+
+@dataclass(frozen=True)
+class LabelledCell:
+    file: str
+    label: int
+
+
+def read_label_csv(text: str, split: str | None = None) -> tuple[list[LabelledCell], int]:
+    """(cells with plain-number labels, how many rows were skipped as not plain numbers)."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if rows and ("file" not in rows[0] or "label" not in rows[0]):
+        raise ValueError("labels CSV needs the columns file,label")
+    out, skipped = [], 0
+    for r in rows:
+        if split is not None and r.get("split") not in (None, split):
+            continue
+        label = r["label"].strip()
+        if not label.isdigit():
+            skipped += 1
+            continue
+        out.append(LabelledCell(r["file"], int(label)))
+    return out, skipped
+
+
+def read_cells(images: list[np.ndarray], model, max_digits: int, ok_threshold: float,
+               reframe: str = "mnist", batch_size: int = 2048) -> list[CellReading]:
+    """Read many cell images with one batched inference."""
+    segs = [prepare_cell(img, max_digits) for img in images]
+    digits = [d for s in segs for d in s.digits]
+    x = reframe_many(digits, reframe, ink="bright")  # type: ignore[arg-type]
+    probs = predict_proba(model, x, batch_size) if len(x) else np.zeros((0, 10), np.float32)
+    out, offset = [], 0
+    for s in segs:
+        n = len(s.digits)
+        out.append(compose(s, probs[offset : offset + n], max_digits, ok_threshold))
+        offset += n
+    return out
+
+
+def score_numbers(readings: list[CellReading], labels: list[int]) -> dict:
+    """The evaluate-cells report: exact-number accuracy overall and by length, review share,
+    accuracy among the cells marked ok."""
+    right = [r.value == y for r, y in zip(readings, labels, strict=True)]
+    by_len: dict[str, list[bool]] = {}
+    for ok, y in zip(right, labels, strict=True):
+        by_len.setdefault(str(len(str(y))), []).append(ok)
+    ok_cells = [ok for ok, r in zip(right, readings, strict=True) if r.status == "ok"]
+    n = len(labels)
+    return {
+        "n": n,
+        "number_accuracy": float(np.mean(right)) if n else None,
+        "by_length": {k: {"n": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(by_len.items())},
+        "review": float(np.mean([r.status != "ok" for r in readings])) if n else None,
+        "accuracy_when_ok": float(np.mean(ok_cells)) if ok_cells else None,
+    }

@@ -1,0 +1,48 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tasks.cell_reader import clean_margins, read_label_csv
+
+
+def test_label_csv_skips_labels_that_are_not_plain_numbers():
+    cells, skipped = read_label_csv("file,label\na.jpg,12\nb.jpg,4a\nc.jpg,-\nd.jpg,7\n")
+    assert [(c.file, c.label) for c in cells] == [("a.jpg", 12), ("d.jpg", 7)] and skipped == 2
+    cells, _ = read_label_csv("split,file,label\ntrain,a.jpg,1\nval,b.jpg,2\n", "val")
+    assert [c.file for c in cells] == ["b.jpg"]
+    with pytest.raises(ValueError, match="file,label"):
+        read_label_csv("name,value\na,1\n")
+
+
+def test_black_scanner_margin_is_painted_white():
+    img = np.full((60, 100), 230, np.uint8)
+    img[:, :25] = 5  # scanner background at the left
+    cv2.line(img, (50, 15), (50, 45), 20, 3)  # the writing
+    out = clean_margins(img)
+    assert out[:, :25].min() == 255 and out[30, 50] < 60
+
+
+@pytest.mark.slow
+def test_evaluate_cells_on_mnist_digits_drawn_as_cells(use_registry, mnist_sample, tmp_path):
+    x, y = mnist_sample
+    rows = ["file,label"]
+    for i in range(40):
+        cell = np.full((70, 140), 235, np.uint8)
+        digit = cv2.resize(255 - x[i], (40, 40))
+        cell[15:55, 50:90] = np.minimum(cell[15:55, 50:90], digit)
+        cv2.imwrite(str(tmp_path / f"{i}.png"), cell)
+        rows.append(f"{i}.png,{y[i]}")
+    rows.append("bad.png,x1")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = CliRunner().invoke(app, ["evaluate-cells", "--images", str(tmp_path), "--labels",
+                                   str(tmp_path / "labels.csv"), "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["n"] == 40 and report["skipped_not_numbers"] == 1
+    assert set(report) >= {"n", "number_accuracy", "by_length", "review", "accuracy_when_ok"}
+    assert report["by_length"]["1"]["n"] == 40
+    assert report["number_accuracy"] > 0.7
