@@ -37,9 +37,39 @@ def clean_margins(gray: np.ndarray) -> np.ndarray:
     return out
 
 
+def keep_writing(gray: np.ndarray) -> np.ndarray:
+    """Keep only the handwritten number: local-contrast ink, minus long ruling lines, minus
+    marks off the main line of writing (underlines, flourishes, printed text, stains)."""
+    h, w = gray.shape
+    background = cv2.dilate(cv2.GaussianBlur(gray, (0, 0), 3), np.ones((9, 9), np.uint8))
+    ink = ((background.astype(np.int16) - gray) > 40).astype(np.uint8) * 255
+    lines = cv2.morphologyEx(cv2.morphologyEx(ink, cv2.MORPH_CLOSE, np.ones((5, 1), np.uint8)),
+                             cv2.MORPH_OPEN, np.ones((max(3, int(0.4 * h)), 1), np.uint8))
+    lines |= cv2.morphologyEx(cv2.morphologyEx(ink, cv2.MORPH_CLOSE, np.ones((1, 5), np.uint8)),
+                              cv2.MORPH_OPEN, np.ones((1, max(3, int(0.3 * w))), np.uint8))
+    ink &= ~cv2.dilate(lines, np.ones((3, 3), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+    parts = [i for i in range(1, n) if stats[i][4] >= 12 and stats[i][3] < 0.7 * h]
+    out = np.full_like(gray, 255)
+    if not parts:
+        return out
+    main = max(parts, key=lambda i: stats[i][4] * min(stats[i][3], 0.5 * h))
+    y0, y1 = stats[main][1], stats[main][1] + stats[main][3]
+    for i in parts:
+        y, bh = stats[i][1], stats[i][3]
+        overlap = min(y1, y + bh) - max(y0, y)
+        if overlap >= 0.4 * min(bh, y1 - y0):
+            out[labels == i] = gray[labels == i]
+    # faint pencil or faded ink: stretch so the darkest stroke is black
+    depth = 255 - int(out.min())
+    if depth > 0:
+        out = (255 - (255 - out.astype(np.float32)) * (255 / depth)).clip(0, 255).astype(np.uint8)
+    return out
+
+
 def prepare_cell(gray: np.ndarray, max_digits: int):
     """Segmentation of one cell image (grey, dark ink on light paper)."""
-    clean = clean_margins(gray)
+    clean = keep_writing(clean_margins(gray))
     framed = cv2.copyMakeBorder(clean, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
     framed[:PAD], framed[-PAD:], framed[:, :PAD], framed[:, -PAD:] = 255, 255, 255, 255
     return segment_cell(framed, PAD, max_digits)

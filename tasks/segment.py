@@ -49,7 +49,8 @@ def ink_strength(cell: np.ndarray) -> tuple[np.ndarray, float]:
     """Ink as a 0-1 map relative to this cell's paper level, and the cell's contrast."""
     g = cell.astype(np.float32)
     paper = float(np.percentile(g, 90))
-    dark = float(np.percentile(g, 0.5))
+    # the darkest stroke, after a blur so that a lone dark pixel does not count as ink
+    dark = float(cv2.blur(cell, (3, 3)).min())
     contrast = paper - dark
     if contrast <= 0:
         return np.zeros_like(g), 0.0
