@@ -262,6 +262,18 @@ def backfill(
     _run(lambda: backfill_flow(lo, hi, force=force, model=model, source=source), as_json)
 
 
+@app.command()
+def bench(
+    count: int = typer.Option(1000, help="Generated telegrams to read end to end."),
+    data_dir: str = typer.Option(None, help="Where to keep the generated scans between runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """End-to-end and inference benchmark on this machine (table, or JSON)."""
+    from flows.bench import render, run_bench
+
+    _run(lambda: run_bench(count=count, data_dir=data_dir), as_json, render)
+
+
 def main() -> None:
     app()
 
