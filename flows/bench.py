@@ -98,12 +98,15 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None) 
     t0 = time.perf_counter()
     summary = ingest_flow(force=True)
     wall = time.perf_counter() - t0
-    from tasks.db import Run, session_scope
+    from sqlalchemy import select
+
+    from tasks.db import Reading, Run, session_scope
 
     with session_scope(load_settings().db_url) as s:
         metrics = s.get(Run, summary["run_id"]).metrics
+        read = s.scalars(select(Reading.digits).where(Reading.run_id == summary["run_id"])).all()
     stages = {k[6:-2]: round(v, 2) for k, v in metrics.items() if k.startswith("stage_")}
-    digits = metrics.get("digits_read") or 0
+    digits = sum(len(d) for d in read if d.isdigit())
     mnist = load_mnist(settings.mnist_path, settings.mnist_download_url, settings.mnist_sha256,
                        settings.data_dir / "keras")
     client = tracking.configure_mlflow(settings)
