@@ -1,0 +1,22 @@
+"""The benchmark's inference comparison runs every backend on the same inputs and checks that
+they agree; speeds are printed by `cifras bench`, never asserted."""
+
+import pytest
+
+from flows.bench import inference_backends
+from tasks import tracking
+from tasks.model import to_model_input
+from tasks.settings import load_settings
+
+
+@pytest.mark.slow
+def test_backends_agree_on_every_digit(use_registry, mnist_sample):
+    settings = load_settings()
+    client = tracking.configure_mlflow(settings)
+    model = tracking.load_keras_model(tracking.resolve_model(client, settings.evaluate.model_uri))
+    x, _ = mnist_sample
+    out = inference_backends(model, to_model_input(x), batch=128)
+    assert set(out) == {"keras_predict", "keras_direct", "onnxruntime"}
+    assert out["keras_direct"]["same_argmax"] is True
+    assert out["onnxruntime"].get("same_argmax") is True, out["onnxruntime"]
+    assert all(v["digits_per_s"] > 0 for v in out.values())
