@@ -73,8 +73,12 @@ def count(url: str, table) -> int:
 
 
 @pytest.mark.slow
-def test_nightly_ingest_reads_scores_and_survives_bad_input(reading_env, shared_data, template):
+def test_nightly_ingest_reads_scores_and_survives_bad_input(reading_env, shared_data, template,
+                                                            monkeypatch):
     from mlflow import MlflowClient
+
+    secret = "s3cr3t-never-logged-7f3a"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
 
     settings = load_settings()
     generate_flow(count=N_GENERATED, seed=31)
@@ -139,6 +143,8 @@ def test_nightly_ingest_reads_scores_and_survives_bad_input(reading_env, shared_
         arts = pc.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ingest-summary"])))
     assert arts and any("digit_accuracy" in str(a.data) for a in arts)
+    # secrets in the environment never reach MLflow parameters, tags or Prefect artifacts
+    assert secret not in str(run.data.params) + str(run.data.tags) + str([a.data for a in arts])
 
     # the same night again: nothing new, nothing duplicated
     again = ingest_flow()
