@@ -7,6 +7,7 @@ import time
 from prefect import flow
 
 from tasks import tracking
+from tasks.augment import get_recipe
 from tasks.model import to_model_input
 from tasks.model_tasks import (
     MNIST_METRIC,
@@ -24,13 +25,19 @@ from tasks.settings import load_settings
 
 @flow(name="train", log_prints=True)
 def train_flow(
-    epochs: int | None = None, batch_size: int | None = None, limit: int | None = None
+    epochs: int | None = None, batch_size: int | None = None, limit: int | None = None,
+    augment: str | None = None, promote: bool = True,
 ) -> dict:
-    """Train a new digit-cnn version; the champion alias moves only if it is better."""
+    """Train a new digit-cnn version; the champion alias moves only if it is better, and
+    never with `promote=False` (the version is registered as a challenger).
+
+    `augment` names a recipe in `tasks.augment.RECIPES` ("none" or unset: plain MNIST)."""
     settings = load_settings()
     epochs = epochs or settings.train.epochs
     batch_size = batch_size or settings.train.batch_size
     limit = limit if limit is not None else settings.train.limit
+    recipe = get_recipe(augment if augment is not None else settings.train.augment)
+    augment_name = recipe.name if recipe else "none"
 
     client = tracking.configure_mlflow(settings)
     experiment = tracking.ensure_experiment(client, settings, settings.mlflow.train_experiment)
@@ -46,9 +53,13 @@ def train_flow(
             "seed": settings.train.seed,
             "train_samples": min(limit or len(mnist.train.y), len(mnist.train.y)),
             "mnist_source": mnist.source,
+            "augment": augment_name,
+            "augment_recipe": recipe.describe() if recipe else None,
+            "augment_seed": settings.train.seed if recipe else None,
+            "promote": promote,
         })
         model, _history = train_task(
-            mnist.train, settings, client, run_id, epochs, batch_size, limit
+            mnist.train, settings, client, run_id, epochs, batch_size, limit, augment_name
         )
         probs = predict_task(model, to_model_input(mnist.test.x), settings.evaluate.batch_size)
         metrics = score_task(mnist.test.y, probs)
@@ -56,11 +67,13 @@ def train_flow(
         wall = time.perf_counter() - started
         tracking.log_metrics(client, run_id, {MNIST_METRIC: metrics["accuracy"], "train_wall_s": wall})
         model_uri = log_model_task(model, run_id, to_model_input(mnist.test.x[:2]))
-        registry = register_task(client, settings, model_uri, run_id, metrics["accuracy"])
+        registry = register_task(client, settings, model_uri, run_id, metrics["accuracy"],
+                                 tags={"augment": augment_name}, promote=promote)
     return {
         "run_id": run_id,
         "mnist_test": {k: metrics[k] for k in
                        ("n", "accuracy", "precision_macro", "recall_macro", "f1_macro")},
         "wall_s": round(wall, 1),
+        "augment": augment_name,
         **registry,
     }

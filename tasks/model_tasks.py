@@ -14,6 +14,7 @@ import numpy as np
 from prefect import task
 
 from tasks import tracking
+from tasks.augment import get_recipe
 from tasks.digit_data import DigitSet, Mnist, load_digit_set, load_mnist
 from tasks.inference import predict_proba
 from tasks.metrics import digit_metrics, save_confusion_png
@@ -44,11 +45,13 @@ def load_digit_set_task(path: Path, split: str | None) -> DigitSet:
 @task(name="train", **COMPUTE)
 def train_task(
     train: DigitSet, settings: Settings, client: Any, run_id: str, epochs: int, batch_size: int,
-    limit: int | None,
+    limit: int | None, augment: str | None = None,
 ):
     logger = run_logger()
     data = subset(train, limit)
-    logger.info("training mnist_convnet on %d digits for %d epochs", len(data.y), epochs)
+    recipe = get_recipe(augment)
+    logger.info("training mnist_convnet on %d digits for %d epochs, augmentation: %s",
+                len(data.y), epochs, recipe.name if recipe else "none")
 
     def on_epoch(epoch: int, logs: dict[str, float]) -> None:
         tracking.log_metrics(client, run_id, logs, step=epoch)
@@ -63,6 +66,7 @@ def train_task(
         validation_split=settings.train.validation_split,
         seed=settings.train.seed,
         on_epoch=on_epoch,
+        augment=recipe,
     )
     return model, history
 
@@ -129,22 +133,29 @@ def log_model_task(model, run_id: str, sample: np.ndarray) -> str:
 
 @task(name="register-and-promote", **IO_RETRIES)
 def register_task(
-    client: Any, settings: Settings, model_uri: str, run_id: str, score: float
+    client: Any, settings: Settings, model_uri: str, run_id: str, score: float,
+    tags: dict[str, str] | None = None, promote: bool = True,
 ) -> dict:
-    """Register a new version, then move the champion alias only if it beats the incumbent."""
+    """Register a new version, then move the champion alias only if it beats the incumbent
+    (never with `promote=False`: the version stays a challenger)."""
     import mlflow
 
     name, alias = settings.mlflow.registered_model, settings.mlflow.champion_alias
     logger = run_logger()
     incumbent = tracking.champion_score(client, name, alias, MNIST_METRIC)
-    mv = mlflow.register_model(model_uri, name, tags={MNIST_METRIC: f"{score:.6f}"})
+    mv = mlflow.register_model(
+        model_uri, name, tags={MNIST_METRIC: f"{score:.6f}", **(tags or {})}
+    )
     version = str(mv.version)
     client.set_model_version_tag(name, version, "run_id", run_id)
-    promoted = tracking.is_better(score, incumbent[1] if incumbent else None)
+    promoted = promote and tracking.is_better(score, incumbent[1] if incumbent else None)
     if promoted:
         tracking.promote(client, name, alias, version)
         logger.info("%s v%s is the new @%s (%.4f vs %s)", name, version, alias, score,
                     f"{incumbent[1]:.4f} (v{incumbent[0]})" if incumbent else "none")
+    elif not promote:
+        logger.info("%s v%s registered as a challenger (no promotion asked); @%s stays %s",
+                    name, version, alias, f"v{incumbent[0]}" if incumbent else "unset")
     else:
         logger.info("%s v%s kept as a challenger: %.4f does not beat v%s's %.4f",
                     name, version, score, incumbent[0], incumbent[1])
@@ -153,7 +164,7 @@ def register_task(
     return {
         "version": version,
         "promoted": promoted,
-        "champion": version if promoted else incumbent[0],
+        "champion": version if promoted else (incumbent[0] if incumbent else None),
         "previous_champion": incumbent[0] if incumbent else None,
     }
 
