@@ -63,10 +63,6 @@ class Recipe:
     blur: float = 0.0
     noise: float = 0.0
     binarize: float = 0.0
-    # Changes drawn only when enabled, so adding them left the other recipes' draws as they were:
-    lowres: float = 0.0  # shrink the digit to 12-20 px, as USPS' 16x16 (reframing enlarges it)
-    lowres_px: tuple[float, float] = (12.0, 20.0)
-    drop_part: float = 0.0  # keep only the largest connected piece, as segmenters often do
     line: float = 0.0
     line_length: tuple[float, float] = (0.4, 1.2)  # share of the digit's side it runs along
     corner: float = 0.25  # given a line: share that also get the perpendicular border
@@ -91,17 +87,6 @@ RECIPES: dict[str, Recipe] = {
         thicken=0.3, thin=0.1, blur=0.25, noise=0.2, binarize=0.1, line=0.2, cut=0.15,
     ),
 }
-RECIPES["telegram_c"] = Recipe(
-    "telegram_c", raw=0.1, **_GEOMETRY,  # type: ignore[arg-type]
-    thicken=0.35, thin=0.1, blur=0.25, noise=0.2, binarize=0.1, line=0.2, cut=0.15,
-    cut_frac=(0.05, 0.3), lowres=0.2, drop_part=0.5,
-)
-# EXPERIMENT (to be removed): candidates tried on the validation splits
-RECIPES["telegram_b"] = Recipe(
-    "telegram_b", raw=0.25, **{**_GEOMETRY, "fill": 0.3},  # type: ignore[arg-type]
-    fill_aspect=(0.5, 0.8), thicken=0.3, thin=0.1, blur=0.25, noise=0.2, binarize=0.1,
-    line=0.2, cut=0.15,
-)
 
 
 def get_recipe(name: str | Recipe | None) -> Recipe | None:
@@ -153,7 +138,11 @@ def _geometry(src: np.ndarray, r: Recipe, rng: np.random.Generator) -> np.ndarra
         width = float(np.clip(rng.uniform(*r.fill_aspect) * h / w, 0.6, 4.0))
     lin = UP * rng.uniform(*r.scale) * np.diag([width, 1.0]) @ lin
     shift = UP * rng.uniform(-r.translate, r.translate, 2)
-    t = np.array([CANVAS / 2.0, CANVAS / 2.0]) + shift - lin @ np.array([cx, cy])
+    # The ink box's centre goes to the canvas centre; without re-reframing, it stays where it
+    # was in the 28x28 frame instead.
+    # (plus half a canvas pixel, so that shrinking it back by UP lands on MNIST's pixel grid)
+    home = np.zeros(2) if r.reframe else UP * (np.array([cx, cy]) - 13.5) - (UP - 1) / 2
+    t = np.array([CANVAS / 2.0, CANVAS / 2.0]) + home + shift - lin @ np.array([cx, cy])
     m = np.hstack([lin, t[:, None]]).astype(np.float32)
     return cv2.warpAffine(src, m, (CANVAS, CANVAS), flags=cv2.INTER_LINEAR, borderValue=0)
 
@@ -163,16 +152,6 @@ def _elastic(img: np.ndarray, r: Recipe, rng: np.random.Generator) -> np.ndarray
     coarse = rng.uniform(-r.elastic_px * UP, r.elastic_px * UP, (5, 5, 2)).astype(np.float32)
     field = cv2.resize(coarse, (CANVAS, CANVAS), interpolation=cv2.INTER_CUBIC)
     return cv2.remap(img, _GRID + field, None, cv2.INTER_LINEAR, borderValue=0)
-
-
-def _drop_parts(img: np.ndarray) -> np.ndarray:
-    """Only the largest connected piece of ink (a detached bar or dot lost by segmentation)."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats((img > INK).astype(np.uint8), connectivity=8)
-    if n <= 2:
-        return img
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    out = np.where(labels == largest, img, 0.0).astype(np.float32)
-    return out if _kept(out, img) else img
 
 
 def _cut(img: np.ndarray, r: Recipe, rng: np.random.Generator) -> np.ndarray:
@@ -260,8 +239,6 @@ def augment_digit(x: np.ndarray, recipe: Recipe, rng: np.random.Generator) -> np
     elif rng.random() < r.thin:
         thinner = cv2.erode(img, _ELLIPSE[3])
         img = thinner if _kept(thinner, img) else img
-    if r.drop_part and rng.random() < r.drop_part:
-        img = _drop_parts(img)
     if rng.random() < r.cut:
         img = _cut(img, r, rng)
     if rng.random() < r.line:
@@ -271,10 +248,6 @@ def augment_digit(x: np.ndarray, recipe: Recipe, rng: np.random.Generator) -> np
     if rng.random() < r.noise:
         texture = rng.standard_normal(img.shape, dtype=np.float32)
         img = np.clip(img * (1.0 + rng.uniform(0.1, 0.35) * texture), 0.0, 1.0)
-    if r.lowres and rng.random() < r.lowres:
-        x0, y0, x1, y1 = _ink_box(img) or (0, 0, CANVAS - 1, CANVAS - 1)
-        f = rng.uniform(*r.lowres_px) / max(x1 - x0 + 1, y1 - y0 + 1)
-        img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
     if rng.random() < r.binarize:
         f = rng.uniform(0.5, 0.9)
         small = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
@@ -282,8 +255,11 @@ def augment_digit(x: np.ndarray, recipe: Recipe, rng: np.random.Generator) -> np
         img = coarse if _kept(coarse, img, f * f) else img
     if r.reframe:
         out = reframe(_crop_to_ink(img), method="mnist", ink="bright")
-    else:
-        out = cv2.resize(img, (28, 28), interpolation=cv2.INTER_AREA)
+    else:  # back to MNIST's 28x28 frame: the canvas centre, at MNIST's resolution
+        k = img.shape[0] / CANVAS  # binarisation works on a smaller canvas
+        lo = round(img.shape[0] / 2 - 14 * UP * k)
+        side = round(28 * UP * k)
+        out = cv2.resize(img[lo : lo + side, lo : lo + side], (28, 28), interpolation=cv2.INTER_AREA)
     return np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 

@@ -101,6 +101,14 @@ def test_reframed_like_the_pipeline_centred_and_keeping_the_ink(mnist_train):
     assert 0.8 < np.median(ratio) < 1.25
 
 
+def test_without_reframing_an_unchanged_digit_stays_in_place(mnist_train):
+    x, _ = mnist_train
+    out = augment_digits(x[:200], Recipe("identity", reframe=False), 0)
+    assert np.abs(out.astype(int) - x[:200]).mean() < 8  # only the resampling's slight blur
+    for a, b in zip(out, x[:200], strict=True):
+        assert np.hypot(*np.subtract(_centre_of_mass(a), _centre_of_mass(b))) < 0.3
+
+
 def test_keeps_the_digit_readable(mnist_train):
     """A nearest-centroid classifier fitted on reframed clean digits still reads most
     augmented ones: a change that destroyed the digit (or its orientation) would not."""
