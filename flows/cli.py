@@ -45,12 +45,16 @@ def train(
     epochs: int = typer.Option(None, help="Epochs (default from conf: 15)."),
     batch_size: int = typer.Option(None, help="Batch size (default from conf: 128)."),
     limit: int = typer.Option(None, help="Train on the first N MNIST digits only."),
+    augment: str = typer.Option(None, help="Augmentation recipe: none, reframe, geometric, telegram."),
+    promote: bool = typer.Option(True, "--promote/--no-promote",
+                                 help="--no-promote: register as a challenger, never move @champion."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Train the reused MNIST CNN, register it, and promote it if it beats the champion."""
     from flows.train import train_flow
 
-    _run(lambda: train_flow(epochs=epochs, batch_size=batch_size, limit=limit), as_json)
+    _run(lambda: train_flow(epochs=epochs, batch_size=batch_size, limit=limit, augment=augment,
+                            promote=promote), as_json)
 
 
 @app.command("evaluate-digits")
