@@ -278,6 +278,65 @@ def bench(
     _run(lambda: run_bench(count=count, data_dir=data_dir), as_json, render)
 
 
+@app.command("fine-tune")
+def fine_tune_cmd(
+    shards: list[str] = typer.Argument(..., help="Digit shards: npz files or folders (URLs)."),
+    model: str = typer.Option(None, help="Model to start from (default: the champion)."),
+    epochs: int = typer.Option(None, help="Epochs (default from conf)."),
+    learning_rate: float = typer.Option(None, help="Adam learning rate (default from conf)."),
+    mnist_ratio: float = typer.Option(None, help="MNIST digits mixed in per weak digit."),
+    promote: bool = typer.Option(True, help="--no-promote registers a challenger only."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Fine-tune the champion on weakly labelled digits; promote only by the promotion rule."""
+    from flows.fine_tune import fine_tune_flow
+
+    _run(lambda: fine_tune_flow(shards, model=model, epochs=epochs, learning_rate=learning_rate,
+                                mnist_ratio=mnist_ratio, promote=promote), as_json)
+
+
+@app.command("harvest-cells")
+def harvest_cells_cmd(
+    images: str = typer.Option(..., "--images", help="Folder the CSV's file paths are relative to."),
+    labels: str = typer.Option(..., "--labels", help="CSV with columns file,label."),
+    out: str = typer.Option(..., "--out", help="Where to write the digit shard (folder or .npz URL)."),
+    model: str = typer.Option(None, help="Model that segments and reads (default: the champion)."),
+    split: str = typer.Option(None, help="Keep only rows whose `split` column has this value."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Weakly label the digits of labelled cell crops, for fine-tuning."""
+    from flows.fine_tune import harvest_cells_flow
+
+    _run(lambda: harvest_cells_flow(images, labels, out, model=model, split=split), as_json)
+
+
+@app.command("build-validation")
+def build_validation(
+    out: str = typer.Option(None, help="Where (default: promotion.validation_uri)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Generate the fixed validation telegrams that decide promotions (conf: promotion)."""
+    import tempfile
+
+    from flows.generate import generate_flow
+    from tasks.settings import load_settings
+    from tasks.storage import join
+
+    def job() -> dict:
+        settings = load_settings()
+        root = out or settings.validation_uri
+        made = []
+        with tempfile.TemporaryDirectory() as tmp:  # labels go beside the scans, not into the results db
+            for spec in settings.promotion.validation_sets:
+                target = join(root, f"{spec.digits.replace(':', '-')}-seed{spec.seed}")
+                made.append(generate_flow(count=spec.count, out=target, seed=spec.seed,
+                                          digits=spec.digits, db=f"sqlite:///{tmp}/labels.db"))
+        return {"out": root, "sets": [{k: m[k] for k in ("out", "digits", "seed", "telegrams")}
+                                      for m in made]}
+
+    _run(job, as_json)
+
+
 def main() -> None:
     app()
 

@@ -97,6 +97,36 @@ class DaskSettings(_Section):
         return bool(self.address) or self.local_workers > 0
 
 
+class ValidationSpec(_Section):
+    digits: str  # handwriting pool, validation splits only (never MNIST: it is what we reuse)
+    seed: int
+    count: int = Field(ge=1)
+
+
+class PromotionSettings(_Section):
+    # The fixed validation set of telegram cells (scans + labels*.csv), any fsspec URL; empty:
+    # <data_dir>/validation. Without one, promotion compares MNIST test only.
+    validation_uri: str | None = None
+    # What `cifras build-validation` generates there.
+    validation_sets: tuple[ValidationSpec, ...] = (
+        ValidationSpec(digits="optdigits:cv", seed=900, count=100),
+        ValidationSpec(digits="orand:val", seed=902, count=100),
+    )
+    # A version never becomes champion below this MNIST test accuracy and macro F1.
+    min_mnist_accuracy: float = Field(default=0.99, ge=0.0, le=1.0)
+
+
+class FineTuneSettings(_Section):
+    epochs: int = Field(default=4, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    # Adam's step, a tenth of the original training's so the MNIST features are kept.
+    learning_rate: float = Field(default=1e-4, gt=0)
+    # MNIST training digits mixed in per weakly labelled digit, against forgetting.
+    mnist_ratio: float = Field(default=1.0, ge=0)
+    seed: int = 1
+    experiment: str = "digit-finetune"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CIFRAS_",
@@ -122,6 +152,8 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     dask: DaskSettings = DaskSettings()
+    promotion: PromotionSettings = PromotionSettings()
+    fine_tune: FineTuneSettings = FineTuneSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -161,6 +193,10 @@ class Settings(BaseSettings):
     @property
     def exports_uri(self) -> str:
         return self.storage.exports_uri or (self.data_dir / "exports").resolve().as_uri()
+
+    @property
+    def validation_uri(self) -> str:
+        return self.promotion.validation_uri or (self.data_dir / "validation").resolve().as_uri()
 
     def shared_path(self, *parts: str) -> Path | None:
         """A file in the shared development data, or None where that folder is absent."""

@@ -166,25 +166,18 @@ def load_keras_model(ref: ModelRef):
         return _model_cache[key]
 
 
-def champion_score(client, name: str, alias: str, metric: str) -> tuple[str, float] | None:
-    """(version, score) of the current champion, or None when there is none."""
+def champion_scores(client, name: str, alias: str) -> dict | None:
+    """The champion's version and MNIST test figures (accuracy, macro F1), or None."""
     from mlflow.exceptions import MlflowException
 
     try:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    if metric in mv.tags:
-        return str(mv.version), float(mv.tags[metric])
-    run_metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
-    if metric in run_metrics:
-        return str(mv.version), float(run_metrics[metric])
-    return str(mv.version), float("-inf")
-
-
-def is_better(candidate: float, champion: float | None) -> bool:
-    """The alias moves only to a strictly better model (ties keep the incumbent)."""
-    return champion is None or candidate > champion
+    metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    acc = metrics.get("test_accuracy", float(mv.tags.get("mnist_test_accuracy", "nan")))
+    return {"version": str(mv.version), "mnist_accuracy": float(acc),
+            "mnist_f1": float(metrics.get("test_f1_macro", acc))}
 
 
 def promote(client, name: str, alias: str, version: str) -> None:
