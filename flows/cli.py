@@ -337,6 +337,60 @@ def build_validation(
     _run(job, as_json)
 
 
+@app.command()
+def promote(
+    model: str = typer.Argument(..., help="Registered version, e.g. models:/digit-cnn/6."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Judge a registered version against the champion; promote it only by the rule."""
+    from flows.promote import promote_flow
+
+    _run(lambda: promote_flow(model), as_json)
+
+
+@app.command()
+def calibrate(
+    model: str = typer.Option(None, help="MLflow model URI (default: the champion)."),
+    target: float = typer.Option(0.99, help="Wanted accuracy of the cells marked ok."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Reliability of `read.ok_threshold` on the validation telegrams, and the lowest
+    threshold whose ok cells reach --target."""
+    from tasks import tracking
+    from tasks.errors import CifrasError
+    from tasks.model_tasks import validation_set_for, vs_template_and_options
+    from tasks.settings import load_settings
+    from tasks.validation import recommend_threshold, reliability
+
+    def job() -> dict:
+        settings = load_settings()
+        vs = validation_set_for(settings)
+        if vs is None:
+            raise CifrasError(f"no validation telegrams at {settings.validation_uri}; "
+                              "run `cifras build-validation` first")
+        client = tracking.configure_mlflow(settings)
+        ref = tracking.resolve_model(client, model or settings.evaluate.model_uri)
+        tpl, opt = vs_template_and_options(settings)
+        rows = reliability(vs, tracking.load_keras_model(ref), tpl, opt)
+        return {"model": ref.label, "validation": vs.uri, "telegrams": len(vs.prepared),
+                "current": settings.read.ok_threshold, "target": target, "table": rows,
+                "recommended": recommend_threshold(rows, target)}
+
+    def render(r: dict) -> str:
+        lines = [f"{r['model']} on {r['telegrams']} validation telegrams ({r['validation']})",
+                 "threshold  ok share  right when ok  review  numbers right"]
+        for row in r["table"]:
+            lines.append(f"{row['ok_threshold']:>9}  {row['ok_share']:>8.1%}  "
+                         f"{row['accuracy_when_ok'] or 0:>13.2%}  {row['review_share']:>6.1%}  "
+                         f"{row['number_accuracy']:>13.2%}")
+        rec = r["recommended"]
+        lines.append(f"lowest threshold with ok cells >= {r['target']:.1%} right: "
+                     + (f"{rec['ok_threshold']} (set read.ok_threshold)" if rec else "none"))
+        return "\n".join(lines)
+
+    _run(job, as_json, render)
+
+
 def main() -> None:
     app()
 

@@ -25,6 +25,7 @@ from tasks.model_tasks import (
     predict_task,
     register_task,
     score_task,
+    validation_accuracy,
     validation_set_for,
 )
 from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
@@ -105,15 +106,11 @@ def fine_tune_flow(shards: list[str], model: str | None = None, epochs: int | No
         "run_id": run_id, "base": ref.label, "weak_digits": len(kept),
         "dropped_validation_digits": len(weak) - len(kept),
         "mnist_test": {k: metrics[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro")},
-        "validation_number_accuracy": _validation_accuracy(comparison["candidate"]),
-        "champion_validation_number_accuracy": _validation_accuracy(comparison["champion"]),
+        "validation_number_accuracy": validation_accuracy(comparison["candidate"]),
+        "champion_validation_number_accuracy": validation_accuracy(comparison["champion"]),
         "wall_s": round(time.perf_counter() - started, 1),
         **registry,
     }
-
-
-def _validation_accuracy(side: dict | None) -> float | None:
-    return ((side or {}).get("validation") or {}).get("number_accuracy")
 
 
 @flow(name="harvest-cells")

@@ -248,5 +248,10 @@ def validation_set_for(settings: Settings) -> ValidationSet | None:
     return _validation_cache[key]
 
 
+def validation_accuracy(side: dict | None) -> float | None:
+    """Numbers right on the validation telegrams, from one side of a judge_task comparison."""
+    return ((side or {}).get("validation") or {}).get("number_accuracy")
+
+
 def architecture_params() -> dict[str, Any]:
     return {"architecture": "keras mnist_convnet", "trainable_params": EXPECTED_PARAMS}

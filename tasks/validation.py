@@ -106,3 +106,29 @@ def score_on_validation(vs: ValidationSet, model, template: Template, opt: ReadO
     report.pop("confusion_matrix")
     report["telegrams"] = len(vs.prepared)
     return report
+
+
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
+
+
+def reliability(vs: ValidationSet, model, template: Template, opt: ReadOptions,
+                thresholds: tuple[float, ...] = THRESHOLDS) -> list[dict]:
+    """For each `ok_threshold`: how many cells are marked ok, how many of those are right,
+    and how many numbers are right overall: what an operator trades when choosing it."""
+    from dataclasses import replace
+
+    rows = []
+    for t in thresholds:
+        report = score_on_validation(vs, model, template, replace(opt, ok_threshold=t))
+        counts = report["status_counts"]
+        rows.append({"ok_threshold": t, "ok_share": counts.get("ok", 0) / report["cells_scored"],
+                     "accuracy_when_ok": report["accuracy_when_ok"],
+                     "review_share": report["review_share"],
+                     "number_accuracy": report["number_accuracy"]})
+    return rows
+
+
+def recommend_threshold(rows: list[dict], target: float) -> dict | None:
+    """The lowest threshold whose ok cells are right at least `target` of the time."""
+    good = [r for r in rows if (r["accuracy_when_ok"] or 0) >= target]
+    return min(good, key=lambda r: r["ok_threshold"]) if good else None

@@ -122,3 +122,29 @@ def test_fine_tune_flow_judges_on_validation_and_promotes_only_by_the_rule(
     assert comparison["validation"]["telegrams"] == 3
     assert comparison["decision"]["promote"] == tuned["promoted"]
     assert comparison["champion"]["version"] == base["version"]
+
+    # an existing version judged by the same rule (`cifras promote`)
+    from flows.promote import promote_flow
+
+    judged = promote_flow(f"models:/digit-cnn/{refused['version']}")
+    now = str(client.get_model_version_by_alias("digit-cnn", "champion").version)
+    if judged.get("reason") == "already the champion":
+        pytest.fail("the refused version cannot be the champion")
+    assert judged["promoted"] == (judged["validation_number_accuracy"]
+                                  > judged["champion_validation_number_accuracy"])
+    assert (now == refused["version"]) == judged["promoted"]
+
+    # the reliability table behind `cifras calibrate`
+    from tasks.model_tasks import validation_set_for, vs_template_and_options
+    from tasks.tracking import load_keras_model, resolve_model
+    from tasks.validation import recommend_threshold, reliability
+
+    vs = validation_set_for(load_settings())
+    tpl, opt = vs_template_and_options(load_settings())
+    rows = reliability(vs, load_keras_model(resolve_model(client, "models:/digit-cnn@champion")),
+                       tpl, opt, (0.0, 0.5, 0.9, 0.999))
+    shares = [r["ok_share"] for r in rows]
+    assert shares == sorted(shares, reverse=True) and shares[0] > shares[-1]
+    assert len({r["number_accuracy"] for r in rows}) == 1  # the threshold only changes statuses
+    rec = recommend_threshold(rows, 0.0)
+    assert rec is not None and rec["ok_threshold"] == 0.0
