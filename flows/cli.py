@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,11 @@ from typing import Any
 import typer
 
 from tasks.errors import CifrasError
+
+# Without PREFECT_API_URL, each command starts Prefect's ephemeral server, which gives up after
+# 20 s by default; on a busy 2-core machine (a training run beside a backfill) that is too
+# short, and the whole command would fail before reading anything.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 app = typer.Typer(
     add_completion=False,

@@ -270,7 +270,9 @@ def test_deployed_backfill_on_servers_survives_an_s3_stall(
 
     with _prefect_api(api_url) as client:
         names = {d.name for d in client.read_deployments()}
-        assert names == {"nightly-ingest", "backfill", "train", "evaluate"}
+        assert names == {"nightly-ingest", "backfill", "train", "fine-tune", "evaluate"}
+        tune = client.read_deployment_by_name("fine-tune/fine-tune")
+        assert tune.parameter_openapi_schema["required"] == ["shards"]
         nightly = client.read_deployment_by_name("ingest/nightly-ingest")
         assert nightly.schedules[0].schedule.cron == "0 3 * * *"
         assert nightly.schedules[0].schedule.timezone == "America/Argentina/Buenos_Aires"
