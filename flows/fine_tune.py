@@ -115,7 +115,7 @@ def fine_tune_flow(shards: list[str], model: str | None = None, epochs: int | No
 
 @flow(name="harvest-cells")
 def harvest_cells_flow(images: str, labels: str, out: str, model: str | None = None,
-                       split: str | None = None, max_digits: int = 3) -> dict:
+                       split: str | None = None, max_digits: int | None = None) -> dict:
     """Weakly labelled digits from a folder of labelled cell crops, as one digit shard."""
     settings = load_settings()
     root, labels_path = Path(images), Path(labels)
@@ -135,6 +135,7 @@ def harvest_cells_flow(images: str, labels: str, out: str, model: str | None = N
             continue
         data.append(path.read_bytes())
         kept.append(c.label)
+    max_digits = max_digits or max((len(str(v)) for v in kept), default=1)
     weak, counts = harvest_cells(data, kept, keras_model, max_digits, settings.read.reframe,
                                  settings.read.batch_size)
     target = out if out.endswith(".npz") else join(out, "digits.npz")

@@ -148,3 +148,36 @@ def test_fine_tune_flow_judges_on_validation_and_promotes_only_by_the_rule(
     assert len({r["number_accuracy"] for r in rows}) == 1  # the threshold only changes statuses
     rec = recommend_threshold(rows, 0.0)
     assert rec is not None and rec["ok_threshold"] == 0.0
+
+
+@pytest.mark.slow
+def test_harvest_labels_digits_only_where_the_count_matches(use_registry, mnist_sample, tmp_path):
+    import cv2
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    x, y = mnist_sample
+    rows = ["file,label"]
+    for i in range(20):  # two MNIST digits side by side in a ruled cell
+        cell = np.full((80, 150), 235, np.uint8)
+        for j, k in enumerate((2 * i, 2 * i + 1)):
+            cell[20:60, 30 + 45 * j : 70 + 45 * j] = np.minimum(
+                cell[20:60, 30 + 45 * j : 70 + 45 * j], cv2.resize(255 - x[k], (40, 40)))
+        cv2.imwrite(str(tmp_path / f"{i}.png"), cell)
+        label = int(f"{y[2 * i]}{y[2 * i + 1]}") if y[2 * i] else 100 + int(y[2 * i + 1])
+        rows.append(f"{i}.png,{label if i % 5 else 123}")  # every fifth label has 3 digits
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = CliRunner().invoke(app, ["harvest-cells", "--images", str(tmp_path), "--labels",
+                                   str(tmp_path / "labels.csv"), "--out", (tmp_path / "shard").as_uri(),
+                                   "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["cells"] == 20 and report["used"] + report["skipped"] == 20
+    assert report["used"] >= 10 and report["skipped"] >= 4  # the 3-digit labels cannot match
+    weak, _ = load_shards([(tmp_path / "shard").as_uri()], None)
+    assert len(weak) == report["digits"] == 2 * report["used"]
+    assert len(set(weak.scan)) == report["used"]  # each digit names the image it came from
+    truth = {f"{y[2 * i]}{y[2 * i + 1]}" for i in range(20)}
+    pairs = {"".join(str(d) for d in weak.y[weak.scan == h]) for h in set(weak.scan)}
+    assert pairs <= truth  # labels come from the CSV, in reading order
