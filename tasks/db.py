@@ -3,7 +3,7 @@ pipeline runs and per-cell readings. SQLAlchemy 2 models; schema changes go thro
 Alembic migrations in tasks/migrations, never `create_all`.
 
 Unique keys make every write idempotent: a mesa is one telegram row, a label is one row per
-(telegram, cell), and a reading is one row per (scan content hash, cell, model version).
+(telegram, cell), and a reading is one row per (scan content hash, page, cell, model version).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class Reading(Base):
 
     __tablename__ = "readings"
     __table_args__ = (
-        UniqueConstraint("content_hash", "cell_id", "model_version", name="uq_reading"),
+        UniqueConstraint("content_hash", "page", "cell_id", "model_version", name="uq_reading_page"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -106,6 +106,8 @@ class Reading(Base):
         ForeignKey("telegrams.id", ondelete="SET NULL"), nullable=True, index=True
     )
     content_hash: Mapped[str] = mapped_column(String(64))
+    # 1-based page of the scan file: a multi-page TIFF or PDF holds one telegram per page
+    page: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     scan_uri: Mapped[str] = mapped_column(Text)
     template: Mapped[str] = mapped_column(String(64))
     cell_id: Mapped[str] = mapped_column(String(64))
@@ -124,13 +126,15 @@ class Scan(Base):
     """A scan read (or refused) with one model version: what discovery checks as "new"."""
 
     __tablename__ = "scans"
-    __table_args__ = (UniqueConstraint("content_hash", "model_version", name="uq_scan_model"),)
+    __table_args__ = (UniqueConstraint("content_hash", "page", "model_version", name="uq_scan_page_model"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     uri: Mapped[str] = mapped_column(Text, index=True)
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     etag: Mapped[str | None] = mapped_column(String(128), nullable=True)
     content_hash: Mapped[str] = mapped_column(String(64))
+    page: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    pages: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     model_version: Mapped[str] = mapped_column(String(128))
     template: Mapped[str] = mapped_column(String(64))
     telegram_id: Mapped[int | None] = mapped_column(

@@ -16,7 +16,7 @@ from tasks import tracking
 from tasks.exports import Misread, collect, shard_payloads
 from tasks.persist import known_scans, persist_chunk
 from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
-from tasks.read import ReadOptions, ScanReading, infer_and_compose, prepare_scan
+from tasks.read import ReadOptions, ScanReading, infer_and_compose, prepare_pages
 from tasks.settings import Settings
 from tasks.storage import content_hash, filesystem, join, write_bytes
 from tasks.template import load_template
@@ -41,7 +41,8 @@ class ChunkResult:
 def read_options(settings: Settings) -> ReadOptions:
     r = settings.read
     return ReadOptions(pad=r.pad, ok_threshold=r.ok_threshold, reframe=r.reframe,
-                       batch_size=r.batch_size, max_pixels=r.max_pixels, checksum=r.checksum)
+                       batch_size=r.batch_size, max_pixels=r.max_pixels, checksum=r.checksum,
+                       max_pages=r.max_pages, pdf_dpi=r.pdf_dpi)
 
 
 def _modified(info: dict[str, Any]) -> datetime | None:
@@ -114,10 +115,10 @@ def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracki
         if not force and digest in known_hashes:
             dup += 1
             continue
-        p = prepare_scan(data, ref.uri, digest, template, opt)
-        for k, v in p.timings.items():
-            totals[k] = totals.get(k, 0.0) + v
-        prepared.append(p)
+        for p in prepare_pages(data, ref.uri, digest, template, opt):  # one per page
+            for k, v in p.timings.items():
+                totals[k] = totals.get(k, 0.0) + v
+            prepared.append(p)
     readings, t_model = infer_and_compose(prepared, template, model, opt)
     totals.update({"fetch": t_fetch, **t_model})
     return ChunkResult(readings, totals, dup, vanished)

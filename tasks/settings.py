@@ -80,7 +80,9 @@ class ReadSettings(_Section):
     chunk_size: int = 25
     max_pixels: int = 80_000_000
     checksum: bool = True
-    suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+    max_pages: int = Field(default=100, ge=1)
+    pdf_dpi: int = Field(default=200, ge=36, le=600)
+    suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".pdf")
     experiment: str = "telegram-ingest"
 
 
