@@ -35,7 +35,7 @@ from tasks.persist import finish_run, known_scans, run_cells, scan_status_counts
 from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
 from tasks.scoring import Scored, score_cells
 from tasks.settings import DaskSettings, Settings, load_settings
-from tasks.storage import join, write_bytes
+from tasks.storage import check_within, join, write_bytes
 
 SUMMARY_KEYS = ("scans", "read", "unreadable", "unaligned", "cells", "cells_scored", "digit_accuracy",
                 "digit_precision_macro", "digit_recall_macro", "digit_f1_macro", "number_accuracy",
@@ -147,6 +147,8 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
     started = time.perf_counter()
     db_url = settings.db_url
     migrate(db_url)
+    if source:  # a run parameter (API, CLI) must not point the reader anywhere else
+        check_within(settings.scans_uri, source, "source", settings)
     source = source or settings.scans_uri
     template = settings.template
     model_ref = resolve_model_task(settings, model or settings.evaluate.model_uri)
