@@ -8,6 +8,8 @@ Unique keys make every write idempotent: a mesa is one telegram row, a label is 
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -35,6 +37,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from tasks.errors import CifrasError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# How long a session waits for an unreachable database server (a restart, a failover, a
+# network blip) before giving up: long enough to ride out a restart, short enough that a
+# wrong URL fails within a minute.
+CONNECT_WAIT_S = 60.0
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -165,6 +172,28 @@ def get_engine(url: str) -> Engine:
     return engine
 
 
+def wait_for_database(url: str, wait_s: float = CONNECT_WAIT_S) -> None:
+    """Return once a connection can be made to a database server, retrying with backoff for
+    up to `wait_s`; then raise CifrasError. SQLite files are local and never waited for."""
+    engine = get_engine(url)
+    if engine.dialect.name == "sqlite":
+        return
+    deadline, delay, warned = time.monotonic() + wait_s, 0.25, False
+    while True:
+        try:
+            with engine.connect():
+                return
+        except OperationalError as exc:
+            if time.monotonic() + delay > deadline:
+                raise CifrasError(f"database {safe_url(url)} is unreachable after {wait_s:.0f} s: "
+                                  f"{str(exc.orig).strip().splitlines()[0]}") from exc
+            if not warned:
+                log.warning("database %s unreachable; retrying for up to %.0f s", safe_url(url), wait_s)
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def migrate(url: str) -> None:
     """Bring the schema to the newest migration (safe to call on every start)."""
     from alembic import command
@@ -173,6 +202,7 @@ def migrate(url: str) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    wait_for_database(url)
     try:
         with get_engine(url).begin() as conn:
             cfg.attributes["connection"] = conn
@@ -193,7 +223,10 @@ def safe_url(url: str) -> str:
 
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
-    """One transaction: committed on success, rolled back whole on any error."""
+    """One transaction: committed on success, rolled back whole on any error. Waits for an
+    unreachable server first (wait_for_database); a connection lost inside the transaction
+    rolls it back and raises, and the calling task retries the whole unit."""
+    wait_for_database(url)
     maker = sessionmaker(get_engine(url), expire_on_commit=False)
     with maker.begin() as session:
         yield session
