@@ -35,6 +35,13 @@ def unreachable(exc: BaseException) -> bool:
         "failed with exception" in msg or "Max retries" in msg))
 
 
+def short_error(exc: BaseException) -> str:
+    """The telling part of a long client error ("[Errno 111] Connection refused")."""
+    msg = str(exc)
+    m = re.search(r"\[Errno -?\d+\][^'\")]*", msg) or re.search(r"Read timed out[^'\")]*", msg)
+    return m[0].strip() if m else msg[:160]
+
+
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -107,7 +114,7 @@ def optional_run(client, experiment_id: str | None, run_name: str, tags: dict[st
         except Exception as exc:
             if not unreachable(exc):
                 raise
-            warn(f"MLflow unreachable, run not tracked: {str(exc)[:200]}")
+            warn(f"MLflow unreachable, run not tracked: {short_error(exc)}")
     ok = False
     try:
         yield run_id
@@ -117,7 +124,7 @@ def optional_run(client, experiment_id: str | None, run_name: str, tags: dict[st
             try:
                 client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
             except Exception as exc:
-                warn(f"MLflow unreachable, run {run_id} left open: {str(exc)[:200]}")
+                warn(f"MLflow unreachable, run {run_id} left open: {short_error(exc)}")
 
 
 def log_params(client, run_id: str, params: dict[str, Any]) -> None:
@@ -179,7 +186,7 @@ def resolve_model(client, uri: str) -> ModelRef:
     except MlflowException as exc:
         if unreachable(exc):
             raise TrackingUnavailable(f"MLflow registry unreachable, cannot resolve {uri}: "
-                                      f"{str(exc)[:200]}") from exc
+                                      f"{short_error(exc)}") from exc
         raise CifrasError(
             f"no model at {uri} in the registry; train one with `cifras train` "
             f"or pass --model with an existing version"
@@ -206,7 +213,7 @@ def load_keras_model(ref: ModelRef):
             except MlflowException as exc:
                 if unreachable(exc):
                     raise TrackingUnavailable(f"MLflow unreachable, cannot load {key}: "
-                                              f"{str(exc)[:200]}") from exc
+                                              f"{short_error(exc)}") from exc
                 raise
             except OSError as exc:
                 raise CifrasError(f"cannot load model {key}: {exc}") from exc
