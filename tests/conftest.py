@@ -188,7 +188,10 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = subprocess.Popen(
         [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
          f"-s3.port={s3}", f"-master.port={master}", f"-volume.port={volume}",
-         f"-filer.port={filer}", "-volume.max=200", "-master.volumeSizeLimitMB=64"],
+         f"-filer.port={filer}", "-volume.max=200", "-master.volumeSizeLimitMB=64",
+         # the Iceberg and Lance side servers listen on fixed ports (8181, 9101) by default:
+         # a second test session on the machine would fail to start
+         "-s3.port.iceberg=0", "-s3.port.lance=0"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     endpoint = f"http://127.0.0.1:{s3}"
