@@ -23,6 +23,7 @@ from prefect.states import Failed
 
 from tasks import tracking
 from tasks.db import migrate
+from tasks.errors import CifrasError
 from tasks.exports import gallery_png, parquet_bytes
 from tasks.ingest_tasks import (
     discover_task,
@@ -32,17 +33,17 @@ from tasks.ingest_tasks import (
 )
 from tasks.metrics import save_confusion_png
 from tasks.persist import finish_run, known_scans, run_cells, scan_status_counts, start_run
-from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
+from tasks.prefect_utils import IO_RETRIES, run_logger
 from tasks.scoring import Scored, score_cells
 from tasks.settings import DaskSettings, Settings, load_settings
-from tasks.storage import join, write_bytes
+from tasks.storage import check_within, join, write_bytes
 
 SUMMARY_KEYS = ("scans", "read", "unreadable", "unaligned", "cells", "cells_scored", "digit_accuracy",
                 "digit_precision_macro", "digit_recall_macro", "digit_f1_macro", "number_accuracy",
                 "accuracy_when_ok", "review_share")
 
 
-@task(name="score-run", **COMPUTE)
+@task(name="score-run", **IO_RETRIES)  # reads the database: retried like any I/O
 def score_task(db_url: str, run_id: str) -> tuple[dict, list[dict]]:
     rows = run_cells(db_url, run_id)
     scored = [Scored(cell, label, value, digits, status)
@@ -57,19 +58,24 @@ def score_task(db_url: str, run_id: str) -> tuple[dict, list[dict]]:
     return metrics, table
 
 
+@task(name="export-run", **IO_RETRIES)
+def export_run_task(settings: Settings, parquet: bytes, run_id: str) -> str:
+    """The run's readings as Parquet in the exports storage."""
+    parquet_uri = join(settings.exports_uri, "runs", run_id, "readings.parquet")
+    write_bytes(parquet_uri, parquet, settings)
+    return parquet_uri
+
+
 @task(name="log-run", **IO_RETRIES)
 def log_run_task(settings: Settings, mlflow_run_id: str, params: dict, metrics: dict,
-                 table: list[dict], misread: list, run_id: str) -> str:
-    """Metrics, confusion matrix, misread gallery and the Parquet export, to MLflow and storage."""
+                 parquet: bytes, misread: list) -> None:
+    """Metrics, confusion matrix, misread gallery and the Parquet export, to MLflow."""
     client = tracking.configure_mlflow(settings)
     tracking.log_params(client, mlflow_run_id, params)
     scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     scalars.update({f"number_accuracy_len{k}": v for k, v in metrics["number_accuracy_by_length"].items()})
     scalars.update({f"cells_{k}": v for k, v in metrics["cell_status_counts"].items()})
     tracking.log_metrics(client, mlflow_run_id, scalars)
-    parquet = parquet_bytes(table)
-    parquet_uri = join(settings.exports_uri, "runs", run_id, "readings.parquet")
-    write_bytes(parquet_uri, parquet, settings)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "readings.parquet").write_bytes(parquet)
@@ -81,7 +87,6 @@ def log_run_task(settings: Settings, mlflow_run_id: str, params: dict, metrics: 
         for f in folder.iterdir():
             client.log_artifact(mlflow_run_id, str(f))
     tracking.log_json(client, mlflow_run_id, metrics, "metrics.json")
-    return parquet_uri
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -141,15 +146,32 @@ def _chunk_states(chunks: list[list], read_args: dict, dask: DaskSettings) -> It
 
 def read_scans(flow_name: str, source: str | None, model: str | None, force: bool,
                since: datetime | None, until: datetime | None) -> dict:
-    """Shared body of ingest and backfill."""
+    """Shared body of ingest and backfill.
+
+    MLflow down: without the registry the champion cannot be resolved, so the run fails
+    before reading anything (no reading without a known model version). Once the model is
+    loaded, MLflow going missing costs only the tracking: readings, scores and the Parquet
+    export are written, and the run completes with a warning (metrics stay in `runs`)."""
     settings = load_settings()
     log = run_logger()
     started = time.perf_counter()
     db_url = settings.db_url
     migrate(db_url)
+    if source:  # a run parameter (API, CLI) must not point the reader anywhere else
+        check_within(settings.scans_uri, source, "source", settings)
     source = source or settings.scans_uri
     template = settings.template
-    model_ref = resolve_model_task(settings, model or settings.evaluate.model_uri)
+    try:
+        model_ref = resolve_model_task(settings, model or settings.evaluate.model_uri)
+    except tracking.TrackingUnavailable as exc:
+        raise CifrasError(f"{exc}. Nothing was read; re-run when MLflow answers (or pass --model "
+                          "with a local copy of the model)") from exc
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        log.warning(message)
+
     run_id = str(flow_run.get_id() or uuid.uuid4())
     params = {"flow": flow_name, "source": source, "model_uri": model_ref.uri,
               "model_version": model_ref.label, "template": template, "force": force,
@@ -158,13 +180,20 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
     start_run(db_url, run_id, flow_name, model_ref.label, template,
               {k: str(v) for k, v in params.items()})
     client = tracking.configure_mlflow(settings)
-    experiment = tracking.ensure_experiment(client, settings, settings.read.experiment)
+    try:
+        experiment = tracking.ensure_experiment(client, settings, settings.read.experiment)
+    except CifrasError as exc:
+        if not tracking.unreachable(exc.__cause__ or exc):
+            raise
+        experiment = None
+        warn(f"MLflow at {settings.mlflow_tracking_uri} unreachable: reading anyway, this run "
+             "is not tracked in MLflow (metrics stay in the results database)")
     status = "failed"
     metrics: dict = {}
     mlflow_run_id = None
     try:
-        with tracking.tracked_run(client, experiment, f"{flow_name}-{run_id[:8]}",
-                                  {"prefect_flow_run_id": run_id}) as mlflow_run_id:
+        with tracking.optional_run(client, experiment, f"{flow_name}-{run_id[:8]}",
+                                   {"prefect_flow_run_id": run_id}, warn) as mlflow_run_id:
             refs, skipped = discover_task(settings, source, model_ref.label, since, until, force, db_url)
             log.info("%d new scans under %s (%d already read by %s)", len(refs), source, skipped,
                      model_ref.label)
@@ -203,8 +232,15 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
                 **{f"stage_{k}_s": v for k, v in timings.items()},
             })
             metrics.update(scan_status_counts(db_url, run_id))
-            parquet_uri = log_run_task(settings, mlflow_run_id, params, metrics, table, misread, run_id)
-            metrics["parquet_uri"] = parquet_uri
+            parquet = parquet_bytes(table)
+            metrics["parquet_uri"] = export_run_task(settings, parquet, run_id)
+            if mlflow_run_id is not None:
+                logged = log_run_task(settings, mlflow_run_id, params, metrics, parquet, misread,
+                                      return_state=True)
+                if logged.is_failed():
+                    warn(f"MLflow logging failed, metrics stay in the results database: "
+                         f"{str(logged.message)[:200]}")
+            metrics["warnings"] = warnings
             status = "completed" if failed_chunks == 0 else "partial"
             report = _report(flow_name, run_id, mlflow_run_id, model_ref.label, metrics, settings)
     finally:
@@ -219,7 +255,7 @@ def _jsonable(d: dict) -> dict:
     return {k: v for k, v in d.items() if isinstance(v, int | float | str | dict | list | type(None))}
 
 
-def _report(flow_name: str, run_id: str, mlflow_run_id: str, model: str, metrics: dict,
+def _report(flow_name: str, run_id: str, mlflow_run_id: str | None, model: str, metrics: dict,
             settings: Settings) -> dict:
     """The summary as a Prefect table artifact plus a note on where the MLflow run is."""
     summary = {k: metrics.get(k) for k in SUMMARY_KEYS}
@@ -234,10 +270,14 @@ def _report(flow_name: str, run_id: str, mlflow_run_id: str, model: str, metrics
              if uri.startswith("http") else
              f"MLflow run `{mlflow_run_id}` in `{uri}`: open it with "
              f"`mlflow ui --backend-store-uri {uri}`")
+    if mlflow_run_id is None:
+        where = "**Not tracked in MLflow** (unreachable during the run): " + "; ".join(
+            metrics.get("warnings") or []) + ". Metrics are in the results database (`runs`)."
     create_markdown_artifact(key=f"{flow_name}-mlflow", markdown=f"{where}\n\nParquet export: "
                              f"`{metrics.get('parquet_uri')}`", description="MLflow run")
     return {"run_id": run_id, "mlflow_run_id": mlflow_run_id, "model": model, **summary,
-            "status_counts": metrics.get("cell_status_counts"), "wall_s": metrics.get("wall_s")}
+            "status_counts": metrics.get("cell_status_counts"), "wall_s": metrics.get("wall_s"),
+            "warnings": metrics.get("warnings") or []}
 
 
 @flow(name="ingest")

@@ -49,7 +49,7 @@ def collect(readings: list[ScanReading], labels: dict[str, dict[str, int]], max_
     """Labelled number crops, weakly labelled digit inputs, and misread examples of a chunk."""
     sh = Shards()
     for r in readings:
-        truth = labels.get(r.uri, {})
+        truth = labels.get(r.page_uri, {})
         for cell_id, c in r.cells.items():
             if cell_id not in truth:
                 continue

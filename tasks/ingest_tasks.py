@@ -5,20 +5,22 @@ good leaves the other chunks' results written.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from fsspec.implementations.local import LocalFileSystem
 from prefect import task
 
 from tasks import tracking
 from tasks.exports import Misread, collect, shard_payloads
 from tasks.persist import known_scans, persist_chunk
 from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
-from tasks.read import ReadOptions, ScanReading, infer_and_compose, prepare_scan
+from tasks.read import PreparedScan, ReadOptions, ScanReading, infer_and_compose, prepare_pages
 from tasks.settings import Settings
-from tasks.storage import content_hash, filesystem, join, write_bytes
+from tasks.storage import content_hash, filesystem, join, key_problem, printable, write_bytes
 from tasks.template import load_template
 
 
@@ -28,6 +30,7 @@ class ObjectRef:
     size: int | None
     etag: str | None
     modified: datetime | None
+    refused: str | None = None  # why this object is not read (its name or where it points)
 
 
 @dataclass
@@ -41,7 +44,8 @@ class ChunkResult:
 def read_options(settings: Settings) -> ReadOptions:
     r = settings.read
     return ReadOptions(pad=r.pad, ok_threshold=r.ok_threshold, reframe=r.reframe,
-                       batch_size=r.batch_size, max_pixels=r.max_pixels, checksum=r.checksum)
+                       batch_size=r.batch_size, max_pixels=r.max_pixels, checksum=r.checksum,
+                       max_pages=r.max_pages, pdf_dpi=r.pdf_dpi)
 
 
 def _modified(info: dict[str, Any]) -> datetime | None:
@@ -55,13 +59,18 @@ def _modified(info: dict[str, Any]) -> datetime | None:
 
 
 def list_objects(source: str, settings: Settings) -> list[ObjectRef]:
-    """Image objects under a URL, in a stable order."""
+    """Image objects under a URL, in a stable order. An object whose name could escape the
+    root (or not be stored), or a symlink leading out of a local root, is listed as refused
+    with its reason, so that it is recorded rather than read or silently skipped."""
     fs, root = filesystem(source, settings)
     if not fs.exists(root):
         return []
     found = fs.find(root, detail=True)
     protocol = source.split("://", 1)[0] if "://" in source else "file"
     suffixes = tuple(s.lower() for s in settings.read.suffixes)
+    local = isinstance(fs, LocalFileSystem)
+    real_root = os.path.realpath(root) if local else ""
+    prefix = root.rstrip("/") + "/"
     refs = []
     for path, info in sorted(found.items()):
         if not path.lower().endswith(suffixes) or info.get("type") == "directory":
@@ -69,7 +78,17 @@ def list_objects(source: str, settings: Settings) -> list[ObjectRef]:
         uri = f"{protocol}://{path}" if protocol != "file" else f"file://{path}"
         etag = info.get("ETag") or info.get("etag")
         mod = _modified(info)
-        refs.append(ObjectRef(uri, info.get("size"), str(etag or (mod.timestamp() if mod else "")), mod))
+        refused = key_problem(path[len(prefix):]) if path.startswith(prefix) else "outside the root"
+        if refused is None and local and (info.get("islink") or info.get("type") != "file"):
+            real = os.path.realpath(path)
+            if not real.startswith(real_root.rstrip(os.sep) + os.sep):
+                refused = "symlink pointing outside the scans root"
+            elif not os.path.isfile(real):
+                refused = "not a regular file"
+        if refused:
+            uri = printable(uri)
+        refs.append(ObjectRef(uri, info.get("size"), str(etag or (mod.timestamp() if mod else "")), mod,
+                              refused))
     return refs
 
 
@@ -102,6 +121,10 @@ def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracki
     prepared, t_fetch, dup, vanished = [], 0.0, 0, []
     totals: dict[str, float] = {}
     for ref in refs:
+        if ref.refused:  # recorded, never opened; keyed by its name, as it has no content
+            prepared.append(PreparedScan(ref.uri, content_hash(f"refused:{ref.uri}".encode()),
+                                         "unreadable", f"refused: {ref.refused}"))
+            continue
         t0 = time.perf_counter()
         fs, path = filesystem(ref.uri, settings)
         try:
@@ -114,10 +137,10 @@ def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracki
         if not force and digest in known_hashes:
             dup += 1
             continue
-        p = prepare_scan(data, ref.uri, digest, template, opt)
-        for k, v in p.timings.items():
-            totals[k] = totals.get(k, 0.0) + v
-        prepared.append(p)
+        for p in prepare_pages(data, ref.uri, digest, template, opt):  # one per page
+            for k, v in p.timings.items():
+                totals[k] = totals.get(k, 0.0) + v
+            prepared.append(p)
     readings, t_model = infer_and_compose(prepared, template, model, opt)
     totals.update({"fetch": t_fetch, **t_model})
     return ChunkResult(readings, totals, dup, vanished)

@@ -2,12 +2,15 @@
 
 Strict and frozen so that a typo in a YAML key or an env var value is an error, not a silent
 default. The YAML file is `conf/default.yaml` next to the code unless CIFRAS_CONFIG names
-another one.
+another one. Secrets (database URL with its password, S3 keys) come only from the environment
+or from the file named by CIFRAS_SECRETS_FILE, which must live outside the repository.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +24,10 @@ from pydantic_settings import (
 
 from tasks.errors import CifrasError
 
-CONF_DIR = Path(os.environ.get("CIFRAS_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
+REPO_DIR = Path(__file__).resolve().parents[1]
+CONF_DIR = Path(os.environ.get("CIFRAS_CONF_DIR", REPO_DIR / "conf"))
+SECRETS_FILE_ENV = "CIFRAS_SECRETS_FILE"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def config_file() -> Path:
@@ -80,7 +86,9 @@ class ReadSettings(_Section):
     chunk_size: int = 25
     max_pixels: int = 80_000_000
     checksum: bool = True
-    suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+    max_pages: int = Field(default=100, ge=1)
+    pdf_dpi: int = Field(default=200, ge=36, le=600)
+    suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".pdf")
     experiment: str = "telegram-ingest"
 
 
@@ -206,8 +214,46 @@ class Settings(BaseSettings):
         return path if path.exists() else None
 
 
+def load_secrets_file(path: Path | None = None) -> list[str]:
+    """Export the KEY=VALUE lines of the secrets file (CIFRAS_SECRETS_FILE) into the
+    environment, where settings, s3fs and MLflow read them; a variable already set wins.
+    Returns the names set, never the values. The file must be outside the repository (so that
+    it cannot be committed) and readable by its owner only, like an SSH key; errors name the
+    line, never its content."""
+    if path is None:
+        name = os.environ.get(SECRETS_FILE_ENV)
+        if not name:
+            return []
+        path = Path(name)
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise CifrasError(f"secrets file {path} not found ({SECRETS_FILE_ENV})")
+    if path.is_relative_to(REPO_DIR) or path.is_relative_to(CONF_DIR.resolve()):
+        raise CifrasError(f"secrets file {path} is inside the repository: keep it outside "
+                          f"(e.g. /etc/cifras/secrets.env, mode 600)")
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        raise CifrasError(f"secrets file {path} is readable by other users: chmod 600 {path}")
+    found: dict[str, str] = {}
+    for no, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not _ENV_NAME.match(key):
+            raise CifrasError(f"secrets file {path}, line {no}: expected NAME=value")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        found[key] = value
+    names = [k for k in found if k not in os.environ]
+    for k in names:
+        os.environ[k] = found[k]
+    return names
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the settings; a bad file or value becomes one CifrasError line."""
+    load_secrets_file()
     path = config_file()
     if not path.is_file():
         raise CifrasError(f"configuration file {path} not found (set CIFRAS_CONFIG)")

@@ -23,6 +23,25 @@ from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 
+class TrackingUnavailable(RuntimeError):
+    """MLflow did not answer (server down, network): transient, so tasks retry it, unlike a
+    CifrasError such as a model that does not exist."""
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether an MLflow error means "no answer" rather than "the answer is no"."""
+    msg = str(exc)
+    return isinstance(exc, OSError) or ("API request to" in msg and (
+        "failed with exception" in msg or "Max retries" in msg))
+
+
+def short_error(exc: BaseException) -> str:
+    """The telling part of a long client error ("[Errno 111] Connection refused")."""
+    msg = str(exc)
+    m = re.search(r"\[Errno -?\d+\][^'\")]*", msg) or re.search(r"Read timed out[^'\")]*", msg)
+    return m[0].strip() if m else msg[:160]
+
+
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -82,6 +101,32 @@ def tracked_run(
     client.set_terminated(run_id, status="FINISHED")
 
 
+@contextmanager
+def optional_run(client, experiment_id: str | None, run_name: str, tags: dict[str, str] | None,
+                 warn) -> Iterator[str | None]:
+    """Like tracked_run, but MLflow not answering yields None (and a warning) instead of
+    failing: for the reading pipeline, whose product is the readings in the database, not
+    the MLflow run. Errors of the body still propagate."""
+    run_id = None
+    if experiment_id is not None:
+        try:
+            run_id = client.create_run(experiment_id, run_name=run_name, tags=tags or {}).info.run_id
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            warn(f"MLflow unreachable, run not tracked: {short_error(exc)}")
+    ok = False
+    try:
+        yield run_id
+        ok = True
+    finally:
+        if run_id is not None:
+            try:
+                client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+            except Exception as exc:
+                warn(f"MLflow unreachable, run {run_id} left open: {short_error(exc)}")
+
+
 def log_params(client, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
@@ -139,6 +184,9 @@ def resolve_model(client, uri: str) -> ModelRef:
         else:
             mv = client.get_model_version(name, m["version"])
     except MlflowException as exc:
+        if unreachable(exc):
+            raise TrackingUnavailable(f"MLflow registry unreachable, cannot resolve {uri}: "
+                                      f"{short_error(exc)}") from exc
         raise CifrasError(
             f"no model at {uri} in the registry; train one with `cifras train` "
             f"or pass --model with an existing version"
@@ -158,8 +206,15 @@ def load_keras_model(ref: ModelRef):
     key = f"{mlflow.get_registry_uri()} {ref.pinned_uri}"
     with _model_lock:
         if key not in _model_cache:
+            from mlflow.exceptions import MlflowException
+
             try:
                 _model_cache[key] = mlflow.keras.load_model(ref.pinned_uri)
+            except MlflowException as exc:
+                if unreachable(exc):
+                    raise TrackingUnavailable(f"MLflow unreachable, cannot load {key}: "
+                                              f"{short_error(exc)}") from exc
+                raise
             except OSError as exc:
                 raise CifrasError(f"cannot load model {key}: {exc}") from exc
             log.info("loaded model %s", key)
