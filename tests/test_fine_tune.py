@@ -88,11 +88,13 @@ def test_fine_tune_flow_judges_on_validation_and_promotes_only_by_the_rule(
     assert base["promoted"] and base["promotion_reason"] == "no champion yet"
 
     s = load_settings()
-    val_uri = s.validation_uri
-    generate_flow(count=3, seed=71, out=f"{val_uri}/a", digits="mnist")
-    generate_flow(count=6, seed=72, digits="mnist")
-    ingest_flow()  # the training telegrams: exports weakly labelled digit shards
-    ingest_flow(source=f"{val_uri}/a")  # validation telegrams read too: their digits must be dropped
+    # the validation telegrams sit among the scans, so the nightly run reads them too and
+    # exports their digits: fine-tuning must drop those
+    val_uri = f"{s.scans_uri}/validation"
+    monkeypatch.setenv("CIFRAS_PROMOTION__VALIDATION_URI", val_uri)
+    generate_flow(count=3, seed=71, out=val_uri, digits="mnist")
+    generate_flow(count=6, seed=72, out=f"{s.scans_uri}/day1", digits="mnist")
+    ingest_flow()
     datasets = Path(s.data_dir) / "exports" / "datasets"
     weak_all, _ = load_shards([datasets.as_uri()], s)
     assert len(weak_all) > 100
