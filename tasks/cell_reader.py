@@ -66,6 +66,11 @@ def writing_fills_crop(gray: np.ndarray, share: float = 0.3) -> bool:
     return total > 0 and sum(a for a, mh in marks if mh >= 0.5 * h) / total > share
 
 
+def _sliver(stat: np.ndarray, h: int) -> bool:
+    """A thin upright piece taller than any digit: what is left of a broken ruling line."""
+    return bool(stat[3] > 0.3 * h and stat[2] < 0.15 * stat[3])
+
+
 def keep_writing(gray: np.ndarray) -> np.ndarray:
     """Keep only the handwritten number: local-contrast ink, minus long ruling lines, minus
     marks off the main line of writing (underlines, flourishes, printed text, stains)."""
@@ -73,7 +78,8 @@ def keep_writing(gray: np.ndarray) -> np.ndarray:
     ink, lines = _ink_and_lines(gray)
     ink &= ~cv2.dilate(lines, np.ones((3, 3), np.uint8))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
-    parts = [i for i in range(1, n) if stats[i][4] >= 12 and stats[i][3] < 0.7 * h]
+    parts = [i for i in range(1, n) if stats[i][4] >= 12 and stats[i][3] < 0.7 * h
+             and not _sliver(stats[i], h)]
     out = np.full_like(gray, 255)
     if not parts:
         return out

@@ -61,6 +61,15 @@ def test_a_tight_crop_keeps_digits_that_fill_its_height():
     assert not writing_fills_crop(loose)
 
 
+def test_a_broken_ruling_line_is_not_taken_for_the_writing():
+    cell = np.full((200, 140), 230, np.uint8)
+    cv2.line(cell, (120, 60), (120, 175), 40, 2)  # a piece of the cell's right rule
+    cv2.putText(cell, "2", (50, 110), cv2.FONT_HERSHEY_SIMPLEX, 0.9, 20, 2)
+    out = keep_writing(cell)
+    assert out[:, 110:130].min() > 200  # the sliver is gone
+    assert out[85:112, 45:75].min() < 60  # the digit is kept
+
+
 @pytest.mark.slow
 def test_evaluate_cells_on_mnist_digits_drawn_as_cells(use_registry, mnist_sample, tmp_path):
     x, y = mnist_sample
