@@ -217,6 +217,8 @@ def test_deployed_backfill_on_servers_survives_an_s3_stall(
         "CIFRAS_STORAGE__S3_ENDPOINT_URL": s3_endpoint,
         "CIFRAS_MLFLOW__TRACKING_URI": mlflow_url,
         "CIFRAS_READ__CHUNK_SIZE": "2",
+        # a one-epoch model is below the production MNIST floor for champions (0.99)
+        "CIFRAS_PROMOTION__MIN_MNIST_ACCURACY": "0",
     }
     if os.environ.get("CIFRAS_SHARED_DATA"):
         cifras_env["CIFRAS_SHARED_DATA"] = os.environ["CIFRAS_SHARED_DATA"]
