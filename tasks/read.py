@@ -29,7 +29,7 @@ MESA_CODE = re.compile(r"^(\d{2})(\d{3})(\d{5})X$")
 @dataclass
 class ReadOptions:
     pad: int = 8
-    ok_threshold: float = 0.9
+    ok_threshold: float = 0.99
     reframe: str = "mnist"
     batch_size: int = 2048
     max_pixels: int = 80_000_000

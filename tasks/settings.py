@@ -80,7 +80,7 @@ class GenerateSettings(_Section):
 
 class ReadSettings(_Section):
     pad: int = 8
-    ok_threshold: float = 0.9
+    ok_threshold: float = 0.99
     reframe: Literal["mnist", "paper"] = "mnist"
     batch_size: int = 2048
     chunk_size: int = 25
