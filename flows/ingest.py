@@ -5,6 +5,7 @@ score the readings, and track the run in MLflow and in the Prefect UI.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import uuid
@@ -23,7 +24,7 @@ from prefect.states import Failed
 
 from tasks import tracking
 from tasks.db import migrate
-from tasks.exports import gallery_png, parquet_bytes
+from tasks.exports import ReadingsParquet, gallery_png
 from tasks.ingest_tasks import (
     discover_task,
     persist_chunk_task,
@@ -31,11 +32,11 @@ from tasks.ingest_tasks import (
     resolve_model_task,
 )
 from tasks.metrics import save_confusion_png
-from tasks.persist import finish_run, known_scans, run_cells, scan_status_counts, start_run
+from tasks.persist import finish_run, iter_run_cells, known_scans, scan_status_counts, start_run
 from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
-from tasks.scoring import Scored, score_cells
+from tasks.scoring import ScoreAccumulator, Scored
 from tasks.settings import DaskSettings, Settings, load_settings
-from tasks.storage import join, write_bytes
+from tasks.storage import join, write_file
 
 SUMMARY_KEYS = ("scans", "read", "unreadable", "unaligned", "cells", "cells_scored", "digit_accuracy",
                 "digit_precision_macro", "digit_recall_macro", "digit_f1_macro", "number_accuracy",
@@ -43,23 +44,32 @@ SUMMARY_KEYS = ("scans", "read", "unreadable", "unaligned", "cells", "cells_scor
 
 
 @task(name="score-run", **COMPUTE)
-def score_task(db_url: str, run_id: str) -> tuple[dict, list[dict]]:
-    rows = run_cells(db_url, run_id)
-    scored = [Scored(cell, label, value, digits, status)
-              for cell, label, digits, value, status, _ in rows if label is not None]
-    metrics = score_cells(scored)
-    metrics["cells"] = len(rows)
-    metrics["cell_status_counts"] = {}
-    for *_, status, _uri in rows:
-        metrics["cell_status_counts"][status] = metrics["cell_status_counts"].get(status, 0) + 1
-    table = [{"cell_id": c, "label": lab, "digits": d, "value": v, "status": st, "scan_uri": u}
-             for c, lab, d, v, st, u in rows]
-    return metrics, table
+def score_task(db_url: str, run_id: str, parquet_path: str) -> dict:
+    """Score the run and write its readings to a local Parquet file, streaming both from the
+    database in batches (memory stays flat however large the run)."""
+    acc = ScoreAccumulator()
+    status_counts: dict[str, int] = {}
+    cells = 0
+    export = ReadingsParquet(parquet_path)
+    try:
+        for rows in iter_run_cells(db_url, run_id):
+            acc.add([Scored(cell, label, value, digits, status)
+                     for cell, label, digits, value, status, _ in rows if label is not None])
+            for *_, status, _uri in rows:
+                status_counts[status] = status_counts.get(status, 0) + 1
+            cells += len(rows)
+            export.write(rows)
+    finally:
+        export.close()
+    metrics = acc.result()
+    metrics["cells"] = cells
+    metrics["cell_status_counts"] = status_counts
+    return metrics
 
 
 @task(name="log-run", **IO_RETRIES)
 def log_run_task(settings: Settings, mlflow_run_id: str, params: dict, metrics: dict,
-                 table: list[dict], misread: list, run_id: str) -> str:
+                 parquet_path: str, misread: list, run_id: str) -> str:
     """Metrics, confusion matrix, misread gallery and the Parquet export, to MLflow and storage."""
     client = tracking.configure_mlflow(settings)
     tracking.log_params(client, mlflow_run_id, params)
@@ -67,12 +77,11 @@ def log_run_task(settings: Settings, mlflow_run_id: str, params: dict, metrics: 
     scalars.update({f"number_accuracy_len{k}": v for k, v in metrics["number_accuracy_by_length"].items()})
     scalars.update({f"cells_{k}": v for k, v in metrics["cell_status_counts"].items()})
     tracking.log_metrics(client, mlflow_run_id, scalars)
-    parquet = parquet_bytes(table)
     parquet_uri = join(settings.exports_uri, "runs", run_id, "readings.parquet")
-    write_bytes(parquet_uri, parquet, settings)
+    write_file(parquet_uri, parquet_path, settings)
+    client.log_artifact(mlflow_run_id, parquet_path)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "readings.parquet").write_bytes(parquet)
         save_confusion_png(metrics["confusion_matrix"], folder / "digit_confusion_matrix.png",
                            "telegram digits")
         gallery = gallery_png(misread)
@@ -90,7 +99,7 @@ def _chunks(items: list, size: int) -> list[list]:
 
 class _WorkerSetup(WorkerPlugin):
     """Runs on each Dask worker before its first chunk. Points MLflow at this run's store, so that
-    `load_keras_model` loads the pinned version there (once per worker process, then cached).
+    `load_reader_model` loads the pinned version there (once per worker process, then cached).
     Keeps OpenCV to one thread per task, as Dask does for OpenMP and BLAS: the workers are the
     parallelism. And undoes the MALLOC_TRIM_THRESHOLD_=65536 that Dask's nanny gives workers:
     it turns off glibc's adaptive mmap threshold, so every large image temporary is mapped and
@@ -154,7 +163,8 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
     params = {"flow": flow_name, "source": source, "model_uri": model_ref.uri,
               "model_version": model_ref.label, "template": template, "force": force,
               "since": since, "until": until, "ok_threshold": settings.read.ok_threshold,
-              "reframe": settings.read.reframe, "chunk_size": settings.read.chunk_size}
+              "reframe": settings.read.reframe, "chunk_size": settings.read.chunk_size,
+              "inference": settings.read.inference, "threads": settings.read.threads}
     start_run(db_url, run_id, flow_name, model_ref.label, template,
               {k: str(v) for k, v in params.items()})
     client = tracking.configure_mlflow(settings)
@@ -194,7 +204,11 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
                     for k, v in shard_counts.items():
                         counts[k] += v
                     log.info("chunk %d/%d: %d scans read", no + 1, len(chunks), len(result.readings))
-            metrics, table = score_task(db_url, run_id)
+            t_score = time.perf_counter()
+            export_dir = tempfile.mkdtemp(prefix="cifras-export-")
+            parquet_path = str(Path(export_dir) / "readings.parquet")
+            metrics = score_task(db_url, run_id, parquet_path)
+            timings["score"] = time.perf_counter() - t_score
             metrics.update({
                 "scans": len(refs), "skipped_known": skipped,
                 "duplicates": duplicates, "failed_chunks": failed_chunks,
@@ -203,8 +217,14 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
                 **{f"stage_{k}_s": v for k, v in timings.items()},
             })
             metrics.update(scan_status_counts(db_url, run_id))
-            parquet_uri = log_run_task(settings, mlflow_run_id, params, metrics, table, misread, run_id)
+            t_report = time.perf_counter()
+            try:
+                parquet_uri = log_run_task(settings, mlflow_run_id, params, metrics, parquet_path,
+                                           misread, run_id)
+            finally:
+                shutil.rmtree(export_dir, ignore_errors=True)
             metrics["parquet_uri"] = parquet_uri
+            metrics["stage_report_s"] = time.perf_counter() - t_report
             status = "completed" if failed_chunks == 0 else "partial"
             report = _report(flow_name, run_id, mlflow_run_id, model_ref.label, metrics, settings)
     finally:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tasks.read import ScanReading
 from tasks.scoring import digit_pairs, effective_value
@@ -86,6 +88,30 @@ def shard_payloads(sh: Shards) -> dict[str, bytes]:
     if sh.digits_x:
         out["digits"] = npz_bytes(x=np.stack(sh.digits_x), y=np.array(sh.digits_y))
     return out
+
+
+READINGS_SCHEMA = pa.schema([("cell_id", pa.string()), ("label", pa.int64()), ("digits", pa.string()),
+                             ("value", pa.int64()), ("status", pa.string()), ("scan_uri", pa.string())])
+
+
+class ReadingsParquet:
+    """The run's readings written to a Parquet file batch by batch (one row group each), so
+    the export of a large run never sits in memory whole."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.writer = pq.ParquetWriter(path, READINGS_SCHEMA)
+        self.rows = 0
+
+    def write(self, rows: list[tuple]) -> None:
+        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in READINGS_SCHEMA]
+        self.writer.write_table(pa.table([pa.array(c, f.type) for c, f in zip(columns, READINGS_SCHEMA,
+                                                                             strict=True)],
+                                         schema=READINGS_SCHEMA))
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def parquet_bytes(rows: list[dict]) -> bytes:

@@ -6,6 +6,7 @@ good leaves the other chunks' results written.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -14,9 +15,10 @@ from prefect import task
 
 from tasks import tracking
 from tasks.exports import Misread, collect, shard_payloads
+from tasks.inference import backend_of
 from tasks.persist import known_scans, persist_chunk
 from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
-from tasks.read import ReadOptions, ScanReading, infer_and_compose, prepare_scan
+from tasks.read import PreparedScan, ReadOptions, ScanReading, infer_and_compose, prepare_scan
 from tasks.settings import Settings
 from tasks.storage import content_hash, filesystem, join, write_bytes
 from tasks.template import load_template
@@ -91,35 +93,51 @@ def discover_task(settings: Settings, source: str, model_version: str, since: da
 @task(name="read-chunk", retries=2, retry_delay_seconds=[2, 8], cache_policy=COMPUTE["cache_policy"])
 def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracking.ModelRef,
                     template_name: str, known_hashes: set[str], force: bool) -> ChunkResult:
-    """Fetch, decode, register, crop, segment and reframe a chunk; one batched inference.
+    """Fetch, decode, register, crop, segment and reframe a chunk (`read.threads` scans at a
+    time); then one batched inference with the reader model (ONNX or Keras).
 
     Storage errors propagate so the task retries (a flaky S3 must not turn into "unreadable"
     verdicts); a scan's own problems become its status and reason.
     """
     template = load_template(template_name)
     opt = read_options(settings)
-    model = tracking.load_keras_model(model_ref)
-    prepared, t_fetch, dup, vanished = [], 0.0, 0, []
-    totals: dict[str, float] = {}
-    for ref in refs:
+    model = tracking.load_reader_model(model_ref, settings.read.inference)
+
+    def fetch_and_prepare(ref: ObjectRef) -> tuple[str, PreparedScan | None, float]:
         t0 = time.perf_counter()
         fs, path = filesystem(ref.uri, settings)
         try:
             data = fs.cat_file(path)
         except FileNotFoundError:
-            vanished.append(ref.uri)  # deleted since listing: nothing to read, nothing lost
-            continue
-        t_fetch += time.perf_counter() - t0
+            return "vanished", None, 0.0  # deleted since listing: nothing to read, nothing lost
+        t_fetch = time.perf_counter() - t0
         digest = content_hash(data)
         if not force and digest in known_hashes:
+            return "duplicate", None, t_fetch
+        return "read", prepare_scan(data, ref.uri, digest, template, opt), t_fetch
+
+    t0 = time.perf_counter()
+    threads = min(settings.read.threads, len(refs))
+    if threads > 1:
+        with ThreadPoolExecutor(threads, thread_name_prefix="prepare") as pool:
+            outcomes = list(pool.map(fetch_and_prepare, refs))
+    else:
+        outcomes = [fetch_and_prepare(ref) for ref in refs]
+    # stage times below are summed over threads; this is the wall time they overlapped in
+    totals: dict[str, float] = {"wall_prepare": time.perf_counter() - t0, "fetch": 0.0}
+    prepared, dup, vanished = [], 0, []
+    for ref, (outcome, p, t_fetch) in zip(refs, outcomes, strict=True):
+        totals["fetch"] += t_fetch
+        if outcome == "vanished":
+            vanished.append(ref.uri)
+        elif outcome == "duplicate":
             dup += 1
-            continue
-        p = prepare_scan(data, ref.uri, digest, template, opt)
-        for k, v in p.timings.items():
-            totals[k] = totals.get(k, 0.0) + v
-        prepared.append(p)
+        elif p is not None:
+            for k, v in p.timings.items():
+                totals[k] = totals.get(k, 0.0) + v
+            prepared.append(p)
     readings, t_model = infer_and_compose(prepared, template, model, opt)
-    totals.update({"fetch": t_fetch, **t_model})
+    totals.update(t_model)
     return ChunkResult(readings, totals, dup, vanished)
 
 
@@ -143,6 +161,7 @@ def persist_chunk_task(result: ChunkResult, refs: list[ObjectRef], settings: Set
 def resolve_model_task(settings: Settings, uri: str) -> tracking.ModelRef:
     client = tracking.configure_mlflow(settings)
     ref = tracking.resolve_model(client, uri)
-    tracking.load_keras_model(ref)  # fail early, and warm this worker's cache
-    run_logger().info("reading with %s (%s)", ref.label, uri)
+    model = tracking.load_reader_model(ref, settings.read.inference)  # fail early, warm the cache
+    run_logger().info("reading with %s (%s) on %s", ref.label, uri,
+                      "ONNX Runtime" if backend_of(model) == "onnx" else "Keras")
     return ref

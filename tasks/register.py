@@ -44,7 +44,11 @@ def ink_mask(gray: np.ndarray) -> np.ndarray:
 
 def estimate_skew(mask: np.ndarray, angles: np.ndarray | None = None) -> float:
     """Angle (degrees, positive = counter-clockwise content) that makes rows of ink horizontal."""
-    ys, xs = np.nonzero(mask)
+    points = cv2.findNonZero(mask)  # row-major as np.nonzero, several times faster
+    if points is None or len(points) < 100:
+        return 0.0
+    points = points.reshape(-1, 2)
+    xs, ys = points[:, 0], points[:, 1]
     if len(xs) < 100:
         return 0.0
     if len(xs) > 60000:
@@ -94,6 +98,16 @@ def find_rules(mask: np.ndarray, axis: int, min_len: int) -> np.ndarray:
     return np.array(centres)
 
 
+def _nearest_distance(ordered: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Distance from each prediction to its nearest found rule. Only the two sorted neighbours
+    can be nearest, so this is exactly the all-pairs minimum at a fraction of its cost (the
+    all-pairs version was half of registration's time)."""
+    i = np.searchsorted(ordered, pred)
+    left = ordered[np.clip(i - 1, 0, len(ordered) - 1)]
+    right = ordered[np.clip(i, 0, len(ordered) - 1)]
+    return np.minimum(np.abs(left - pred), np.abs(right - pred))
+
+
 def fit_axis(
     template_pos: np.ndarray, found: np.ndarray, scales: np.ndarray
 ) -> tuple[float, float, int, float]:
@@ -106,10 +120,11 @@ def fit_axis(
         return 1.0, 0.0, 0, float("inf")
     tol = MATCH_TOL * 1.5
     best = (0, float("inf"), 1.0, 0.0)
+    ordered = np.sort(found)
     for s in scales:
         offsets = np.unique(np.round((found[None, :] - s * template_pos[:, None]).ravel()))
-        pred = s * template_pos[None, :, None] + offsets[:, None, None]  # (o, t, 1)
-        near = np.abs(found[None, None, :] - pred).min(axis=2)  # (o, t)
+        pred = s * template_pos[None, :] + offsets[:, None]  # (o, t)
+        near = _nearest_distance(ordered, pred)  # (o, t)
         hits = near <= tol
         count = hits.sum(axis=1)
         err = np.where(hits, near, 0).sum(axis=1) / np.maximum(count, 1)
