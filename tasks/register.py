@@ -38,8 +38,9 @@ def ink_mask(gray: np.ndarray) -> np.ndarray:
     coarse = cv2.resize(gray, (max(1, w // 16), max(1, h // 16)), interpolation=cv2.INTER_AREA)
     coarse = cv2.dilate(coarse, np.ones((3, 3), np.uint8))  # paper level, ignoring thin ink
     blur = cv2.resize(cv2.GaussianBlur(coarse, (0, 0), 2), (w, h), interpolation=cv2.INTER_LINEAR)
-    # ink is clearly darker than its neighbourhood
-    return np.where(gray.astype(np.int16) < blur.astype(np.int16) - 40, 255, 0).astype(np.uint8)
+    # ink is clearly darker than its neighbourhood: gray < blur - 40 (saturating at 0, where
+    # nothing is darker anyway), in OpenCV rather than int16 NumPy temporaries
+    return cv2.compare(gray, cv2.subtract(blur, 40), cv2.CMP_LT)
 
 
 def estimate_skew(mask: np.ndarray, angles: np.ndarray | None = None) -> float:
@@ -57,12 +58,17 @@ def estimate_skew(mask: np.ndarray, angles: np.ndarray | None = None) -> float:
     xs = xs.astype(np.float64) - mask.shape[1] / 2
     ys = ys.astype(np.float64)
 
+    a = np.empty_like(ys)
+    b = np.empty_like(xs)
+
     def score(angle: float) -> float:
         t = np.deg2rad(angle)
-        proj = np.round(ys * np.cos(t) + xs * np.sin(t)).astype(np.int64)
+        np.multiply(ys, np.cos(t), out=a)
+        np.multiply(xs, np.sin(t), out=b)
+        proj = np.round(np.add(a, b, out=a), out=a).astype(np.int64)
         proj -= proj.min()
         h = np.bincount(proj)
-        return float((h.astype(np.float64) ** 2).sum())
+        return float(np.dot(h, h))  # exact: integer counts, far below 2**53
 
     if angles is not None:
         return float(max(angles, key=score))
