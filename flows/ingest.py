@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime
@@ -26,6 +27,7 @@ from tasks import tracking
 from tasks.db import migrate
 from tasks.exports import ReadingsParquet, gallery_png
 from tasks.ingest_tasks import (
+    busy_seconds,
     discover_task,
     persist_chunk_task,
     read_chunk_task,
@@ -123,12 +125,13 @@ class _WorkerSetup(WorkerPlugin):
 
 @contextmanager
 def _chunk_states(chunks: list[list], read_args: dict, dask: DaskSettings) -> Iterator[Iterator[State]]:
-    """The final state of `read-chunk` for each chunk, in order. By default each chunk is read
-    here when the caller asks for it; with `dask` configured all chunks are submitted at once to
-    a Dask cluster (a running scheduler, or a LocalCluster for this run). Either way the caller
-    persists each chunk as soon as its state is known, so a failed chunk loses only itself."""
+    """The final state of `read-chunk` for each chunk, in order. By default chunks are read in
+    this process, one ahead of the caller (`_lookahead`); with `dask` configured all chunks are
+    submitted at once to a Dask cluster (a running scheduler, or a LocalCluster for this run).
+    Either way the caller persists each chunk as soon as its state is known, so a failed chunk
+    loses only itself."""
     if not dask.enabled:
-        yield (read_chunk_task(refs=chunk, **read_args, return_state=True) for chunk in chunks)
+        yield _lookahead(chunks, read_args)
         return
     from prefect_dask import DaskTaskRunner
 
@@ -139,13 +142,32 @@ def _chunk_states(chunks: list[list], read_args: dict, dask: DaskSettings) -> It
         runner.client.register_plugin(_WorkerSetup(read_args["settings"]), name="cifras-setup")
         futures = [runner.submit(read_chunk_task, {"refs": chunk, **read_args}) for chunk in chunks]
 
-        def settle(future) -> State:
-            future.wait()
-            state = future.state
-            # a lost worker leaves no final state: count the chunk as failed, keep the others
-            return state if state.is_completed() else Failed(message=f"read-chunk ended {state.name}")
+        yield (_settle(f) for f in futures)
 
-        yield (settle(f) for f in futures)
+
+def _settle(future) -> State:
+    future.wait()
+    state = future.state
+    # a lost worker leaves no final state: count the chunk as failed, keep the others
+    return state if state.is_completed() else Failed(message=f"read-chunk ended {state.name}")
+
+
+def _lookahead(chunks: list[list], read_args: dict) -> Iterator[State]:
+    """Chunk states in order, reading the next chunk in a task-runner thread while the caller
+    persists this one: reading (2 threads), inference and the database writes overlap instead
+    of taking turns. At most two chunks are in flight, so memory does not grow with the run."""
+    pending: deque = deque()
+    upcoming = iter(chunks)
+
+    def submit_next() -> None:
+        chunk = next(upcoming, None)
+        if chunk is not None:
+            pending.append(read_chunk_task.submit(refs=chunk, **read_args))
+
+    submit_next()
+    while pending:
+        submit_next()
+        yield _settle(pending.popleft())
 
 
 def read_scans(flow_name: str, source: str | None, model: str | None, force: bool,
@@ -183,6 +205,7 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
             timings: dict[str, float] = {}
             misread: list = []
             failed_chunks, duplicates = 0, 0
+            spans: list[tuple[float, float]] = []
             chunks = _chunks(refs, settings.read.chunk_size)
             read_args = {"settings": settings, "model_ref": model_ref, "template_name": template,
                          "known_hashes": hashes, "force": force}
@@ -197,18 +220,20 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
                     duplicates += result.duplicates
                     for k, v in result.timings.items():
                         timings[k] = timings.get(k, 0.0) + v
-                    bad, shard_counts, t_persist = persist_chunk_task(
+                    bad, shard_counts, t_persist, span = persist_chunk_task(
                         result, chunk, settings, db_url, run_id, model_ref.label, template, no)
+                    spans += [result.span, span]
                     timings["persist"] = timings.get("persist", 0.0) + t_persist
                     misread.extend(bad[: max(0, 48 - len(misread))])
                     for k, v in shard_counts.items():
                         counts[k] += v
                     log.info("chunk %d/%d: %d scans read", no + 1, len(chunks), len(result.readings))
-            t_score = time.perf_counter()
+            t_score, e_score = time.perf_counter(), time.time()
             export_dir = tempfile.mkdtemp(prefix="cifras-export-")
             parquet_path = str(Path(export_dir) / "readings.parquet")
             metrics = score_task(db_url, run_id, parquet_path)
             timings["score"] = time.perf_counter() - t_score
+            spans.append((e_score, time.time()))
             metrics.update({
                 "scans": len(refs), "skipped_known": skipped,
                 "duplicates": duplicates, "failed_chunks": failed_chunks,
@@ -217,7 +242,7 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
                 **{f"stage_{k}_s": v for k, v in timings.items()},
             })
             metrics.update(scan_status_counts(db_url, run_id))
-            t_report = time.perf_counter()
+            t_report, e_report = time.perf_counter(), time.time()
             try:
                 parquet_uri = log_run_task(settings, mlflow_run_id, params, metrics, parquet_path,
                                            misread, run_id)
@@ -225,6 +250,9 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
                 shutil.rmtree(export_dir, ignore_errors=True)
             metrics["parquet_uri"] = parquet_uri
             metrics["stage_report_s"] = time.perf_counter() - t_report
+            spans.append((e_report, time.time()))
+            # wall time during which some stage worked (stages overlap across chunks)
+            metrics["busy_s"] = busy_seconds(spans)
             status = "completed" if failed_chunks == 0 else "partial"
             report = _report(flow_name, run_id, mlflow_run_id, model_ref.label, metrics, settings)
     finally:

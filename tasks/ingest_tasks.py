@@ -32,12 +32,25 @@ class ObjectRef:
     modified: datetime | None
 
 
+def busy_seconds(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of time spans: the wall time during which some stage was working.
+    Flow wall time minus this is what orchestration (and nothing else) cost."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
 @dataclass
 class ChunkResult:
     readings: list[ScanReading]
     timings: dict[str, float]
     duplicates: int = 0
     vanished: list[str] = field(default_factory=list)
+    span: tuple[float, float] = (0.0, 0.0)  # epoch seconds the task body ran (for busy time)
 
 
 def read_options(settings: Settings) -> ReadOptions:
@@ -99,6 +112,7 @@ def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracki
     Storage errors propagate so the task retries (a flaky S3 must not turn into "unreadable"
     verdicts); a scan's own problems become its status and reason.
     """
+    started = time.time()
     template = load_template(template_name)
     opt = read_options(settings)
     model = tracking.load_reader_model(model_ref, settings.read.inference)
@@ -138,14 +152,16 @@ def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracki
             prepared.append(p)
     readings, t_model = infer_and_compose(prepared, template, model, opt)
     totals.update(t_model)
-    return ChunkResult(readings, totals, dup, vanished)
+    return ChunkResult(readings, totals, dup, vanished, (started, time.time()))
 
 
 @task(name="persist-chunk", **IO_RETRIES)
 def persist_chunk_task(result: ChunkResult, refs: list[ObjectRef], settings: Settings, db_url: str,
                        run_id: str, model_version: str, template_name: str, chunk_no: int
-                       ) -> tuple[list[Misread], dict[str, int], float]:
-    """Readings to the database (one transaction) and the chunk's dataset shards to storage."""
+                       ) -> tuple[list[Misread], dict[str, int], float, tuple[float, float]]:
+    """Readings to the database (one transaction) and the chunk's dataset shards to storage.
+    Returns the misread examples, counts, seconds spent and the epoch span of the work."""
+    started = time.time()
     t0 = time.perf_counter()
     listing = {r.uri: {"size": r.size, "etag": r.etag, "modified": r.modified} for r in refs}
     labels = persist_chunk(db_url, result.readings, run_id, model_version, template_name, listing)
@@ -154,7 +170,7 @@ def persist_chunk_task(result: ChunkResult, refs: list[ObjectRef], settings: Set
         write_bytes(join(settings.exports_uri, "datasets", run_id, name, f"chunk-{chunk_no:05d}.npz"),
                     payload, settings)
     counts = {"numbers": len(shards.numbers_y), "digits": len(shards.digits_y)}
-    return shards.misread, counts, time.perf_counter() - t0
+    return shards.misread, counts, time.perf_counter() - t0, (started, time.time())
 
 
 @task(name="load-model", **IO_RETRIES)
