@@ -190,7 +190,7 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None,
         pipeline_model = tracking.load_reader_model(ref, settings.read.inference)
         out["inference"] = inference_backends(model, to_model_input(mnist.test.x), onnx_model=onnx_model,
                                               pipeline_model=pipeline_model)
-        out["inference"]["onnx_source"] = "mlflow" if export is not None else "exported by bench"
+        out["inference"]["onnxruntime"]["source"] = "mlflow" if export is not None else "exported by bench"
         out["tesseract"] = tesseract_baseline(settings.db_url, summary["run_id"], files)
         out["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     return out
