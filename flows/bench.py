@@ -181,7 +181,6 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None,
     if baselines:
         mnist = load_mnist(settings.mnist_path, settings.mnist_download_url, settings.mnist_sha256,
                            settings.data_dir / "keras")
-        tracking.configure_mlflow(settings)
         client = tracking.configure_mlflow(settings)
         ref = tracking.resolve_model(client, settings.evaluate.model_uri)
         model = tracking.load_keras_model(ref)
