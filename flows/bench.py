@@ -23,54 +23,55 @@ def _rate(n: int, seconds: float) -> float:
 
 
 def inference_backends(model, x: np.ndarray, batch: int = 1024, onnx_model=None,
-                       pipeline_model=None) -> dict[str, dict]:
+                       pipeline_model=None, reps: int = 5) -> dict[str, dict]:
     """Keras predict, a direct call, ONNX Runtime and the pipeline's own path on the same
     inputs; each with its argmax agreement with Keras predict. `onnx_model` is the export
-    logged in MLflow; without one the Keras model is exported here."""
+    logged in MLflow; without one the Keras model is exported here.
+
+    Throughput is the best of `reps` passes over `x`, the backends taking turns pass by pass,
+    so that the load of a shared machine falls on all of them alike."""
     out: dict[str, dict] = {}
-    one = x[:1]
-
-    def timed(fn, reps: int = 3) -> tuple[float, np.ndarray]:
-        fn(x[:batch])  # warm up
-        best, result = float("inf"), None
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            result = fn(x)
-            best = min(best, time.perf_counter() - t0)
-        return best, result
-
-    def latency(fn, reps: int = 50) -> float:
-        fn(one)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn(one)
-        return (time.perf_counter() - t0) / reps * 1000
-
-    def entry(fn, reps: int = 50, decimals: int = 2) -> dict:
-        t, p = timed(fn)
-        return {"digits_per_s": _rate(len(x), t), "latency_ms": round(latency(fn, reps), decimals),
-                "same_argmax": bool((p.argmax(1) == p_pred.argmax(1)).all())}
-
-    predict = lambda a: model.predict(a, batch_size=batch, verbose=0)  # noqa: E731
-    t_pred, p_pred = timed(predict)
-    out["keras_predict"] = {"digits_per_s": _rate(len(x), t_pred),
-                            "latency_ms": round(latency(predict, 10), 2), "same_argmax": True}
-    out["keras_direct"] = entry(lambda a: predict_proba(model, a, batch))
+    fns = {"keras_predict": lambda a: model.predict(a, batch_size=batch, verbose=0),
+           "keras_direct": lambda a: predict_proba(model, a, batch)}
     try:
         if onnx_model is None:
             with tempfile.TemporaryDirectory() as tmp:
                 path = str(Path(tmp) / "model.onnx")
                 export_onnx(model, path)
                 onnx_model = OnnxModel(Path(path).read_bytes())
-        out["onnxruntime"] = entry(lambda a: predict_proba(onnx_model, a, batch), decimals=3)
+        fns["onnxruntime"] = lambda a: predict_proba(onnx_model, a, batch)
     except Exception as exc:  # onnxruntime not installed, or export unsupported
         out["onnxruntime"] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
     if pipeline_model is not None:
-        settings = load_settings()
-        e = entry(lambda a: predict_proba(pipeline_model, a, settings.read.batch_size), decimals=3)
-        e["backend"] = backend_of(pipeline_model)
-        e["over_keras_predict"] = round(e["digits_per_s"] / out["keras_predict"]["digits_per_s"], 2)
-        out["pipeline"] = e
+        pipeline_batch = load_settings().read.batch_size
+        fns["pipeline"] = lambda a: predict_proba(pipeline_model, a, pipeline_batch)
+    best = dict.fromkeys(fns, float("inf"))
+    probs: dict[str, np.ndarray] = {}
+    for fn in fns.values():
+        fn(x[:batch])  # warm up
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            probs[name] = fn(x)
+            best[name] = min(best[name], time.perf_counter() - t0)
+
+    def latency(fn, n: int) -> float:
+        one = x[:1]
+        fn(one)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn(one)
+        return (time.perf_counter() - t0) / n * 1000
+
+    reference = probs["keras_predict"].argmax(1)
+    for name, fn in fns.items():
+        out[name] = {"digits_per_s": _rate(len(x), best[name]),
+                     "latency_ms": round(latency(fn, 10 if name == "keras_predict" else 50), 3),
+                     "same_argmax": bool((probs[name].argmax(1) == reference).all())}
+    if "pipeline" in out:
+        out["pipeline"]["backend"] = backend_of(pipeline_model)
+        out["pipeline"]["over_keras_predict"] = round(
+            out["pipeline"]["digits_per_s"] / out["keras_predict"]["digits_per_s"], 2)
     return out
 
 
