@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,11 @@ from typing import Any
 import typer
 
 from tasks.errors import CifrasError
+
+# Without PREFECT_API_URL, each command starts Prefect's ephemeral server, which gives up after
+# 20 s by default; on a busy 2-core machine (a training run beside a backfill) that is too
+# short, and the whole command would fail before reading anything.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 app = typer.Typer(
     add_completion=False,
@@ -289,6 +295,119 @@ def bench(
     from flows.bench import render, run_bench
 
     _run(lambda: run_bench(count=count, data_dir=data_dir, baselines=baselines), as_json, render)
+
+
+@app.command("fine-tune")
+def fine_tune_cmd(
+    shards: list[str] = typer.Argument(..., help="Digit shards: npz files or folders (URLs)."),
+    model: str = typer.Option(None, help="Model to start from (default: the champion)."),
+    epochs: int = typer.Option(None, help="Epochs (default from conf)."),
+    learning_rate: float = typer.Option(None, help="Adam learning rate (default from conf)."),
+    mnist_ratio: float = typer.Option(None, help="MNIST digits mixed in per weak digit."),
+    promote: bool = typer.Option(True, help="--no-promote registers a challenger only."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Fine-tune the champion on weakly labelled digits; promote only by the promotion rule."""
+    from flows.fine_tune import fine_tune_flow
+
+    _run(lambda: fine_tune_flow(shards, model=model, epochs=epochs, learning_rate=learning_rate,
+                                mnist_ratio=mnist_ratio, promote=promote), as_json)
+
+
+@app.command("harvest-cells")
+def harvest_cells_cmd(
+    images: str = typer.Option(..., "--images", help="Folder the CSV's file paths are relative to."),
+    labels: str = typer.Option(..., "--labels", help="CSV with columns file,label."),
+    out: str = typer.Option(..., "--out", help="Where to write the digit shard (folder or .npz URL)."),
+    model: str = typer.Option(None, help="Model that segments and reads (default: the champion)."),
+    split: str = typer.Option(None, help="Keep only rows whose `split` column has this value."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Weakly label the digits of labelled cell crops, for fine-tuning."""
+    from flows.fine_tune import harvest_cells_flow
+
+    _run(lambda: harvest_cells_flow(images, labels, out, model=model, split=split), as_json)
+
+
+@app.command("build-validation")
+def build_validation(
+    out: str = typer.Option(None, help="Where (default: promotion.validation_uri)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Generate the fixed validation telegrams that decide promotions (conf: promotion)."""
+    import tempfile
+
+    from flows.generate import generate_flow
+    from tasks.settings import load_settings
+    from tasks.storage import join
+
+    def job() -> dict:
+        settings = load_settings()
+        root = out or settings.validation_uri
+        made = []
+        with tempfile.TemporaryDirectory() as tmp:  # labels go beside the scans, not into the results db
+            for spec in settings.promotion.validation_sets:
+                target = join(root, f"{spec.digits.replace(':', '-')}-seed{spec.seed}")
+                made.append(generate_flow(count=spec.count, out=target, seed=spec.seed,
+                                          digits=spec.digits, db=f"sqlite:///{tmp}/labels.db"))
+        return {"out": root, "sets": [{k: m[k] for k in ("out", "digits", "seed", "telegrams")}
+                                      for m in made]}
+
+    _run(job, as_json)
+
+
+@app.command()
+def promote(
+    model: str = typer.Argument(..., help="Registered version, e.g. models:/digit-cnn/6."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Judge a registered version against the champion; promote it only by the rule."""
+    from flows.promote import promote_flow
+
+    _run(lambda: promote_flow(model), as_json)
+
+
+@app.command()
+def calibrate(
+    model: str = typer.Option(None, help="MLflow model URI (default: the champion)."),
+    target: float = typer.Option(0.99, help="Wanted accuracy of the cells marked ok."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Reliability of `read.ok_threshold` on the validation telegrams, and the lowest
+    threshold whose ok cells reach --target."""
+    from tasks import tracking
+    from tasks.errors import CifrasError
+    from tasks.model_tasks import validation_set_for, vs_template_and_options
+    from tasks.settings import load_settings
+    from tasks.validation import recommend_threshold, reliability
+
+    def job() -> dict:
+        settings = load_settings()
+        vs = validation_set_for(settings)
+        if vs is None:
+            raise CifrasError(f"no validation telegrams at {settings.validation_uri}; "
+                              "run `cifras build-validation` first")
+        client = tracking.configure_mlflow(settings)
+        ref = tracking.resolve_model(client, model or settings.evaluate.model_uri)
+        tpl, opt = vs_template_and_options(settings)
+        rows = reliability(vs, tracking.load_keras_model(ref), tpl, opt)
+        return {"model": ref.label, "validation": vs.uri, "telegrams": len(vs.prepared),
+                "current": settings.read.ok_threshold, "target": target, "table": rows,
+                "recommended": recommend_threshold(rows, target)}
+
+    def render(r: dict) -> str:
+        lines = [f"{r['model']} on {r['telegrams']} validation telegrams ({r['validation']})",
+                 "threshold  ok share  right when ok  review  numbers right"]
+        for row in r["table"]:
+            lines.append(f"{row['ok_threshold']:>9}  {row['ok_share']:>8.1%}  "
+                         f"{row['accuracy_when_ok'] or 0:>13.2%}  {row['review_share']:>6.1%}  "
+                         f"{row['number_accuracy']:>13.2%}")
+        rec = r["recommended"]
+        lines.append(f"lowest threshold with ok cells >= {r['target']:.1%} right: "
+                     + (f"{rec['ok_threshold']} (set read.ok_threshold)" if rec else "none"))
+        return "\n".join(lines)
+
+    _run(job, as_json, render)
 
 
 def main() -> None:

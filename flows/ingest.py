@@ -25,6 +25,7 @@ from prefect.states import Failed
 
 from tasks import tracking
 from tasks.db import migrate
+from tasks.errors import CifrasError
 from tasks.exports import ReadingsParquet, gallery_png
 from tasks.ingest_tasks import (
     busy_seconds,
@@ -35,17 +36,17 @@ from tasks.ingest_tasks import (
 )
 from tasks.metrics import save_confusion_png
 from tasks.persist import finish_run, iter_run_cells, known_scans, scan_status_counts, start_run
-from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
+from tasks.prefect_utils import IO_RETRIES, run_logger
 from tasks.scoring import ScoreAccumulator, Scored
 from tasks.settings import DaskSettings, Settings, load_settings
-from tasks.storage import join, write_file
+from tasks.storage import check_within, join, write_file
 
 SUMMARY_KEYS = ("scans", "read", "unreadable", "unaligned", "cells", "cells_scored", "digit_accuracy",
                 "digit_precision_macro", "digit_recall_macro", "digit_f1_macro", "number_accuracy",
                 "accuracy_when_ok", "review_share")
 
 
-@task(name="score-run", **COMPUTE)
+@task(name="score-run", **IO_RETRIES)  # reads the database: retried like any I/O
 def score_task(db_url: str, run_id: str, parquet_path: str) -> dict:
     """Score the run and write its readings to a local Parquet file, streaming both from the
     database in batches (memory stays flat however large the run)."""
@@ -69,18 +70,25 @@ def score_task(db_url: str, run_id: str, parquet_path: str) -> dict:
     return metrics
 
 
+@task(name="export-run", **IO_RETRIES)
+def export_run_task(settings: Settings, parquet_path: str, run_id: str) -> str:
+    """The run's readings as Parquet in the exports storage (copied from a local file in a
+    stream: a large run's export is never held in memory)."""
+    parquet_uri = join(settings.exports_uri, "runs", run_id, "readings.parquet")
+    write_file(parquet_uri, parquet_path, settings)
+    return parquet_uri
+
+
 @task(name="log-run", **IO_RETRIES)
 def log_run_task(settings: Settings, mlflow_run_id: str, params: dict, metrics: dict,
-                 parquet_path: str, misread: list, run_id: str) -> str:
-    """Metrics, confusion matrix, misread gallery and the Parquet export, to MLflow and storage."""
+                 parquet_path: str, misread: list) -> None:
+    """Metrics, confusion matrix, misread gallery and the Parquet export, to MLflow."""
     client = tracking.configure_mlflow(settings)
     tracking.log_params(client, mlflow_run_id, params)
     scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     scalars.update({f"number_accuracy_len{k}": v for k, v in metrics["number_accuracy_by_length"].items()})
     scalars.update({f"cells_{k}": v for k, v in metrics["cell_status_counts"].items()})
     tracking.log_metrics(client, mlflow_run_id, scalars)
-    parquet_uri = join(settings.exports_uri, "runs", run_id, "readings.parquet")
-    write_file(parquet_uri, parquet_path, settings)
     client.log_artifact(mlflow_run_id, parquet_path)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -92,7 +100,6 @@ def log_run_task(settings: Settings, mlflow_run_id: str, params: dict, metrics: 
         for f in folder.iterdir():
             client.log_artifact(mlflow_run_id, str(f))
     tracking.log_json(client, mlflow_run_id, metrics, "metrics.json")
-    return parquet_uri
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -172,15 +179,32 @@ def _lookahead(chunks: list[list], read_args: dict) -> Iterator[State]:
 
 def read_scans(flow_name: str, source: str | None, model: str | None, force: bool,
                since: datetime | None, until: datetime | None) -> dict:
-    """Shared body of ingest and backfill."""
+    """Shared body of ingest and backfill.
+
+    MLflow down: without the registry the champion cannot be resolved, so the run fails
+    before reading anything (no reading without a known model version). Once the model is
+    loaded, MLflow going missing costs only the tracking: readings, scores and the Parquet
+    export are written, and the run completes with a warning (metrics stay in `runs`)."""
     settings = load_settings()
     log = run_logger()
     started = time.perf_counter()
     db_url = settings.db_url
     migrate(db_url)
+    if source:  # a run parameter (API, CLI) must not point the reader anywhere else
+        check_within(settings.scans_uri, source, "source", settings)
     source = source or settings.scans_uri
     template = settings.template
-    model_ref = resolve_model_task(settings, model or settings.evaluate.model_uri)
+    try:
+        model_ref = resolve_model_task(settings, model or settings.evaluate.model_uri)
+    except tracking.TrackingUnavailable as exc:
+        raise CifrasError(f"{exc}. Nothing was read; re-run when MLflow answers (or pass --model "
+                          "with a local copy of the model)") from exc
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        log.warning(message)
+
     run_id = str(flow_run.get_id() or uuid.uuid4())
     params = {"flow": flow_name, "source": source, "model_uri": model_ref.uri,
               "model_version": model_ref.label, "template": template, "force": force,
@@ -190,13 +214,20 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
     start_run(db_url, run_id, flow_name, model_ref.label, template,
               {k: str(v) for k, v in params.items()})
     client = tracking.configure_mlflow(settings)
-    experiment = tracking.ensure_experiment(client, settings, settings.read.experiment)
+    try:
+        experiment = tracking.ensure_experiment(client, settings, settings.read.experiment)
+    except CifrasError as exc:
+        if not tracking.unreachable(exc.__cause__ or exc):
+            raise
+        experiment = None
+        warn(f"MLflow at {settings.mlflow_tracking_uri} unreachable: reading anyway, this run "
+             "is not tracked in MLflow (metrics stay in the results database)")
     status = "failed"
     metrics: dict = {}
     mlflow_run_id = None
     try:
-        with tracking.tracked_run(client, experiment, f"{flow_name}-{run_id[:8]}",
-                                  {"prefect_flow_run_id": run_id}) as mlflow_run_id:
+        with tracking.optional_run(client, experiment, f"{flow_name}-{run_id[:8]}",
+                                   {"prefect_flow_run_id": run_id}, warn) as mlflow_run_id:
             refs, skipped = discover_task(settings, source, model_ref.label, since, until, force, db_url)
             log.info("%d new scans under %s (%d already read by %s)", len(refs), source, skipped,
                      model_ref.label)
@@ -244,15 +275,20 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
             metrics.update(scan_status_counts(db_url, run_id))
             t_report, e_report = time.perf_counter(), time.time()
             try:
-                parquet_uri = log_run_task(settings, mlflow_run_id, params, metrics, parquet_path,
-                                           misread, run_id)
+                metrics["parquet_uri"] = export_run_task(settings, parquet_path, run_id)
+                if mlflow_run_id is not None:
+                    logged = log_run_task(settings, mlflow_run_id, params, metrics, parquet_path,
+                                          misread, return_state=True)
+                    if logged.is_failed():
+                        warn(f"MLflow logging failed, metrics stay in the results database: "
+                             f"{str(logged.message)[:200]}")
             finally:
                 shutil.rmtree(export_dir, ignore_errors=True)
-            metrics["parquet_uri"] = parquet_uri
             metrics["stage_report_s"] = time.perf_counter() - t_report
             spans.append((e_report, time.time()))
             # wall time during which some stage worked (stages overlap across chunks)
             metrics["busy_s"] = busy_seconds(spans)
+            metrics["warnings"] = warnings
             status = "completed" if failed_chunks == 0 else "partial"
             report = _report(flow_name, run_id, mlflow_run_id, model_ref.label, metrics, settings)
     finally:
@@ -267,7 +303,7 @@ def _jsonable(d: dict) -> dict:
     return {k: v for k, v in d.items() if isinstance(v, int | float | str | dict | list | type(None))}
 
 
-def _report(flow_name: str, run_id: str, mlflow_run_id: str, model: str, metrics: dict,
+def _report(flow_name: str, run_id: str, mlflow_run_id: str | None, model: str, metrics: dict,
             settings: Settings) -> dict:
     """The summary as a Prefect table artifact plus a note on where the MLflow run is."""
     summary = {k: metrics.get(k) for k in SUMMARY_KEYS}
@@ -282,10 +318,14 @@ def _report(flow_name: str, run_id: str, mlflow_run_id: str, model: str, metrics
              if uri.startswith("http") else
              f"MLflow run `{mlflow_run_id}` in `{uri}`: open it with "
              f"`mlflow ui --backend-store-uri {uri}`")
+    if mlflow_run_id is None:
+        where = "**Not tracked in MLflow** (unreachable during the run): " + "; ".join(
+            metrics.get("warnings") or []) + ". Metrics are in the results database (`runs`)."
     create_markdown_artifact(key=f"{flow_name}-mlflow", markdown=f"{where}\n\nParquet export: "
                              f"`{metrics.get('parquet_uri')}`", description="MLflow run")
     return {"run_id": run_id, "mlflow_run_id": mlflow_run_id, "model": model, **summary,
-            "status_counts": metrics.get("cell_status_counts"), "wall_s": metrics.get("wall_s")}
+            "status_counts": metrics.get("cell_status_counts"), "wall_s": metrics.get("wall_s"),
+            "warnings": metrics.get("warnings") or []}
 
 
 @flow(name="ingest")

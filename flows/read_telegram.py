@@ -8,7 +8,7 @@ from __future__ import annotations
 from tasks import tracking
 from tasks.errors import CifrasError
 from tasks.ingest_tasks import read_options
-from tasks.read import infer_and_compose, prepare_scan
+from tasks.read import infer_and_compose, prepare_pages
 from tasks.settings import load_settings
 from tasks.storage import content_hash, read_bytes
 from tasks.template import load_template
@@ -27,12 +27,12 @@ def read_telegrams(scans: list[str], template: str | None, model: str | None) ->
             data = read_bytes(uri, settings)
         except (FileNotFoundError, IsADirectoryError) as exc:
             raise CifrasError(f"scan {uri} not found") from exc
-        prepared.append(prepare_scan(data, uri, content_hash(data), tpl, opt))
+        prepared.extend(prepare_pages(data, uri, content_hash(data), tpl, opt))
     readings, _ = infer_and_compose(prepared, tpl, reader, opt)
     out = []
     for r in readings:
         out.append({
-            "scan": r.uri, "status": r.status, "reason": r.reason, "model": ref.label,
+            "scan": r.page_uri, "status": r.status, "reason": r.reason, "model": ref.label,
             "alignment_quality": round(r.quality, 3), "notes": r.notes,
             "cells": {cid: {"value": c.value, "digits": c.digits, "confidence": c.confidence,
                             "status": c.status, "reason": c.reason} for cid, c in r.cells.items()},

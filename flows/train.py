@@ -13,6 +13,7 @@ from tasks.model_tasks import (
     MNIST_METRIC,
     architecture_params,
     attach_onnx_task,
+    judge_task,
     load_mnist_task,
     load_model_task,
     log_evaluation_task,
@@ -31,8 +32,8 @@ def train_flow(
     epochs: int | None = None, batch_size: int | None = None, limit: int | None = None,
     augment: str | None = None, promote: bool = True,
 ) -> dict:
-    """Train a new digit-cnn version; the champion alias moves only if it is better, and
-    never with `promote=False` (the version is registered as a challenger).
+    """Train a new digit-cnn version; the champion alias moves only by the promotion rule
+    (tasks/promotion.py), and never with `promote=False` (it is registered as a challenger).
 
     `augment` names a recipe in `tasks.augment.RECIPES` ("none" or unset: plain MNIST)."""
     settings = load_settings()
@@ -69,10 +70,12 @@ def train_flow(
         log_evaluation_task(client, run_id, metrics, "test_", "MNIST test")
         wall = time.perf_counter() - started
         tracking.log_metrics(client, run_id, {MNIST_METRIC: metrics["accuracy"], "train_wall_s": wall})
+        comparison = judge_task(client, settings, model, metrics, run_id)
         model_uri = log_model_task(model, run_id, to_model_input(mnist.test.x[:2]))
         onnx_tags = log_onnx_task(model, client, run_id, to_model_input(mnist.test.x), probs)
         registry = register_task(client, settings, model_uri, run_id, metrics["accuracy"],
-                                 tags={"augment": augment_name, **onnx_tags}, promote=promote)
+                                 tags={"augment": augment_name, **onnx_tags}, promote=promote,
+                                 decision=comparison["decision"])
     return {
         "run_id": run_id,
         "mnist_test": {k: metrics[k] for k in

@@ -37,9 +37,8 @@ def clean_margins(gray: np.ndarray) -> np.ndarray:
     return out
 
 
-def keep_writing(gray: np.ndarray) -> np.ndarray:
-    """Keep only the handwritten number: local-contrast ink, minus long ruling lines, minus
-    marks off the main line of writing (underlines, flourishes, printed text, stains)."""
+def _ink_and_lines(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Local-contrast ink, and the long horizontal and vertical runs in it (ruling lines)."""
     h, w = gray.shape
     background = cv2.dilate(cv2.GaussianBlur(gray, (0, 0), 3), np.ones((9, 9), np.uint8))
     ink = ((background.astype(np.int16) - gray) > 40).astype(np.uint8) * 255
@@ -47,9 +46,40 @@ def keep_writing(gray: np.ndarray) -> np.ndarray:
                              cv2.MORPH_OPEN, np.ones((max(3, int(0.4 * h)), 1), np.uint8))
     lines |= cv2.morphologyEx(cv2.morphologyEx(ink, cv2.MORPH_CLOSE, np.ones((1, 5), np.uint8)),
                               cv2.MORPH_OPEN, np.ones((1, max(3, int(0.3 * w))), np.uint8))
+    return ink, lines
+
+
+def writing_fills_crop(gray: np.ndarray, share: float = 0.3) -> bool:
+    """A tight crop of a written number (a cheque amount, say): wider than tall, and much of
+    its ink, ruling lines aside, in marks at least half its height. keep_writing's size rules
+    are relative to the crop, so such a crop is cleaned inside a margin of paper."""
+    h, w = gray.shape
+    if w < h:
+        return False
+    ink, lines = _ink_and_lines(gray)
+    straight = cv2.morphologyEx(lines, cv2.MORPH_OPEN, np.ones((max(3, int(0.9 * h)), 1), np.uint8))
+    straight |= cv2.morphologyEx(lines, cv2.MORPH_OPEN, np.ones((1, max(3, int(0.9 * w))), np.uint8))
+    ink &= ~cv2.dilate(straight, np.ones((3, 3), np.uint8))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+    marks = [(int(stats[i][4]), int(stats[i][3])) for i in range(1, n) if stats[i][4] >= 12]
+    total = sum(a for a, _ in marks)
+    return total > 0 and sum(a for a, mh in marks if mh >= 0.5 * h) / total > share
+
+
+def _sliver(stat: np.ndarray, h: int) -> bool:
+    """A thin upright piece taller than any digit: what is left of a broken ruling line."""
+    return bool(stat[3] > 0.3 * h and stat[2] < 0.15 * stat[3])
+
+
+def keep_writing(gray: np.ndarray) -> np.ndarray:
+    """Keep only the handwritten number: local-contrast ink, minus long ruling lines, minus
+    marks off the main line of writing (underlines, flourishes, printed text, stains)."""
+    h = gray.shape[0]
+    ink, lines = _ink_and_lines(gray)
     ink &= ~cv2.dilate(lines, np.ones((3, 3), np.uint8))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
-    parts = [i for i in range(1, n) if stats[i][4] >= 12 and stats[i][3] < 0.7 * h]
+    parts = [i for i in range(1, n) if stats[i][4] >= 12 and stats[i][3] < 0.7 * h
+             and not _sliver(stats[i], h)]
     out = np.full_like(gray, 255)
     if not parts:
         return out
@@ -69,7 +99,14 @@ def keep_writing(gray: np.ndarray) -> np.ndarray:
 
 def prepare_cell(gray: np.ndarray, max_digits: int):
     """Segmentation of one cell image (grey, dark ink on light paper)."""
-    clean = keep_writing(clean_margins(gray))
+    gray = clean_margins(gray)
+    if writing_fills_crop(gray):
+        pad = gray.shape[0] // 2
+        paper = int(np.percentile(gray, 90))
+        roomy = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=paper)
+        clean = keep_writing(roomy)[pad:-pad, pad:-pad]
+    else:
+        clean = keep_writing(gray)
     framed = cv2.copyMakeBorder(clean, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
     framed[:PAD], framed[-PAD:], framed[:, :PAD], framed[:, -PAD:] = 255, 255, 255, 255
     return segment_cell(framed, PAD, max_digits)

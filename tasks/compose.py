@@ -17,6 +17,11 @@ TOP_K = 3
 # log-probability cost of each extra digit when a blob is read as touching digits: splitting
 # must explain the ink clearly better than reading it whole
 SPLIT_PENALTY = 0.35
+# log-probability cost per unit of width/height above WIDE_FROM of a mark read as one digit:
+# a handwritten digit is seldom wider than tall, two touching ones usually are. Chosen on the
+# Danish validation rows (+2.3 points) and the validation telegrams (unchanged).
+WIDE_PENALTY = 2.0
+WIDE_FROM = 0.9
 
 
 @dataclass
@@ -79,10 +84,16 @@ def choose_hypotheses(seg: Segmentation, probs: np.ndarray) -> tuple[list[int], 
     if not seg.groups:
         return list(range(len(probs))), 0
     logp = np.log(np.clip(probs.max(axis=1), 1e-9, 1.0))
+    wide = [max(0.0, w / max(1, h) - WIDE_FROM) for _, _, w, h in seg.boxes] if seg.boxes else []
+
+    def score(h: list[int]) -> float:
+        width_cost = WIDE_PENALTY * sum(wide[i] for i in h) if wide else 0.0
+        return float(logp[h].sum()) - SPLIT_PENALTY * (len(h) - 1) - width_cost
+
     chosen: list[int] = []
     splits = 0
     for hypotheses in seg.groups:
-        best = max(hypotheses, key=lambda h: float(logp[h].sum()) - SPLIT_PENALTY * (len(h) - 1))
+        best = max(hypotheses, key=score)
         chosen.extend(best)
         splits += len(best) > 1
     return chosen, splits

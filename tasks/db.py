@@ -3,11 +3,13 @@ pipeline runs and per-cell readings. SQLAlchemy 2 models; schema changes go thro
 Alembic migrations in tasks/migrations, never `create_all`.
 
 Unique keys make every write idempotent: a mesa is one telegram row, a label is one row per
-(telegram, cell), and a reading is one row per (scan content hash, cell, model version).
+(telegram, cell), and a reading is one row per (scan content hash, page, cell, model version).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -35,6 +37,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from tasks.errors import CifrasError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# How long a session waits for an unreachable database server (a restart, a failover, a
+# network blip) before giving up: long enough to ride out a restart, short enough that a
+# wrong URL fails within a minute.
+CONNECT_WAIT_S = 60.0
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -98,7 +105,7 @@ class Reading(Base):
 
     __tablename__ = "readings"
     __table_args__ = (
-        UniqueConstraint("content_hash", "cell_id", "model_version", name="uq_reading"),
+        UniqueConstraint("content_hash", "page", "cell_id", "model_version", name="uq_reading_page"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -106,6 +113,8 @@ class Reading(Base):
         ForeignKey("telegrams.id", ondelete="SET NULL"), nullable=True, index=True
     )
     content_hash: Mapped[str] = mapped_column(String(64))
+    # 1-based page of the scan file: a multi-page TIFF or PDF holds one telegram per page
+    page: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     scan_uri: Mapped[str] = mapped_column(Text)
     template: Mapped[str] = mapped_column(String(64))
     cell_id: Mapped[str] = mapped_column(String(64))
@@ -124,13 +133,15 @@ class Scan(Base):
     """A scan read (or refused) with one model version: what discovery checks as "new"."""
 
     __tablename__ = "scans"
-    __table_args__ = (UniqueConstraint("content_hash", "model_version", name="uq_scan_model"),)
+    __table_args__ = (UniqueConstraint("content_hash", "page", "model_version", name="uq_scan_page_model"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     uri: Mapped[str] = mapped_column(Text, index=True)
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     etag: Mapped[str | None] = mapped_column(String(128), nullable=True)
     content_hash: Mapped[str] = mapped_column(String(64))
+    page: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    pages: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     model_version: Mapped[str] = mapped_column(String(128))
     template: Mapped[str] = mapped_column(String(64))
     telegram_id: Mapped[int | None] = mapped_column(
@@ -161,6 +172,28 @@ def get_engine(url: str) -> Engine:
     return engine
 
 
+def wait_for_database(url: str, wait_s: float = CONNECT_WAIT_S) -> None:
+    """Return once a connection can be made to a database server, retrying with backoff for
+    up to `wait_s`; then raise CifrasError. SQLite files are local and never waited for."""
+    engine = get_engine(url)
+    if engine.dialect.name == "sqlite":
+        return
+    deadline, delay, warned = time.monotonic() + wait_s, 0.25, False
+    while True:
+        try:
+            with engine.connect():
+                return
+        except OperationalError as exc:
+            if time.monotonic() + delay > deadline:
+                raise CifrasError(f"database {safe_url(url)} is unreachable after {wait_s:.0f} s: "
+                                  f"{str(exc.orig).strip().splitlines()[0]}") from exc
+            if not warned:
+                log.warning("database %s unreachable; retrying for up to %.0f s", safe_url(url), wait_s)
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def migrate(url: str) -> None:
     """Bring the schema to the newest migration (safe to call on every start)."""
     from alembic import command
@@ -169,6 +202,7 @@ def migrate(url: str) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    wait_for_database(url)
     try:
         with get_engine(url).begin() as conn:
             cfg.attributes["connection"] = conn
@@ -189,7 +223,10 @@ def safe_url(url: str) -> str:
 
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
-    """One transaction: committed on success, rolled back whole on any error."""
+    """One transaction: committed on success, rolled back whole on any error. Waits for an
+    unreachable server first (wait_for_database); a connection lost inside the transaction
+    rolls it back and raises, and the calling task retries the whole unit."""
+    wait_for_database(url)
     maker = sessionmaker(get_engine(url), expire_on_commit=False)
     with maker.begin() as session:
         yield session

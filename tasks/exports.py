@@ -36,6 +36,7 @@ class Shards:
     numbers_hash: list[str] = field(default_factory=list)
     digits_x: list[np.ndarray] = field(default_factory=list)
     digits_y: list[int] = field(default_factory=list)
+    digits_scan: list[str] = field(default_factory=list)  # content hash: what fine-tuning excludes
     misread: list[Misread] = field(default_factory=list)
 
 
@@ -51,7 +52,7 @@ def collect(readings: list[ScanReading], labels: dict[str, dict[str, int]], max_
     """Labelled number crops, weakly labelled digit inputs, and misread examples of a chunk."""
     sh = Shards()
     for r in readings:
-        truth = labels.get(r.uri, {})
+        truth = labels.get(r.page_uri, {})
         for cell_id, c in r.cells.items():
             if cell_id not in truth:
                 continue
@@ -69,6 +70,7 @@ def collect(readings: list[ScanReading], labels: dict[str, dict[str, int]], max_
             if pairs and inputs is not None and len(inputs) == len(pairs):
                 sh.digits_x.extend((inputs[:, :, :, 0] * 255).round().astype(np.uint8))
                 sh.digits_y.extend(t for t, _ in pairs)
+                sh.digits_scan.extend([r.content_hash] * len(pairs))
             if effective_value(c.value, c.status) != label and crop is not None \
                     and len(sh.misread) < max_misread:
                 sh.misread.append(Misread(crop, cell_id, label, c.digits or c.status, c.status))
@@ -92,7 +94,8 @@ def shard_payloads(sh: Shards) -> dict[str, bytes]:
         out["numbers"] = npz_bytes(x=np.stack(sh.numbers_x), y=np.array(sh.numbers_y),
                                    cell=np.array(sh.numbers_cell), scan=np.array(sh.numbers_hash))
     if sh.digits_x:
-        out["digits"] = npz_bytes(x=np.stack(sh.digits_x), y=np.array(sh.digits_y))
+        out["digits"] = npz_bytes(x=np.stack(sh.digits_x), y=np.array(sh.digits_y),
+                                  scan=np.array(sh.digits_scan))
     return out
 
 

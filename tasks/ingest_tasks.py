@@ -5,12 +5,14 @@ good leaves the other chunks' results written.
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from fsspec.implementations.local import LocalFileSystem
 from prefect import task
 
 from tasks import tracking
@@ -18,9 +20,9 @@ from tasks.exports import Misread, collect, shard_payloads
 from tasks.inference import backend_of
 from tasks.persist import known_scans, persist_chunk
 from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
-from tasks.read import PreparedScan, ReadOptions, ScanReading, infer_and_compose, prepare_scan
+from tasks.read import PreparedScan, ReadOptions, ScanReading, infer_and_compose, prepare_pages
 from tasks.settings import Settings
-from tasks.storage import content_hash, filesystem, join, write_bytes
+from tasks.storage import content_hash, filesystem, join, key_problem, printable, write_bytes
 from tasks.template import load_template
 
 
@@ -30,6 +32,7 @@ class ObjectRef:
     size: int | None
     etag: str | None
     modified: datetime | None
+    refused: str | None = None  # why this object is not read (its name or where it points)
 
 
 def busy_seconds(spans: list[tuple[float, float]]) -> float:
@@ -56,7 +59,8 @@ class ChunkResult:
 def read_options(settings: Settings) -> ReadOptions:
     r = settings.read
     return ReadOptions(pad=r.pad, ok_threshold=r.ok_threshold, reframe=r.reframe,
-                       batch_size=r.batch_size, max_pixels=r.max_pixels, checksum=r.checksum)
+                       batch_size=r.batch_size, max_pixels=r.max_pixels, checksum=r.checksum,
+                       max_pages=r.max_pages, pdf_dpi=r.pdf_dpi)
 
 
 def _modified(info: dict[str, Any]) -> datetime | None:
@@ -70,13 +74,18 @@ def _modified(info: dict[str, Any]) -> datetime | None:
 
 
 def list_objects(source: str, settings: Settings) -> list[ObjectRef]:
-    """Image objects under a URL, in a stable order."""
+    """Image objects under a URL, in a stable order. An object whose name could escape the
+    root (or not be stored), or a symlink leading out of a local root, is listed as refused
+    with its reason, so that it is recorded rather than read or silently skipped."""
     fs, root = filesystem(source, settings)
     if not fs.exists(root):
         return []
     found = fs.find(root, detail=True)
     protocol = source.split("://", 1)[0] if "://" in source else "file"
     suffixes = tuple(s.lower() for s in settings.read.suffixes)
+    local = isinstance(fs, LocalFileSystem)
+    real_root = os.path.realpath(root) if local else ""
+    prefix = root.rstrip("/") + "/"
     refs = []
     for path, info in sorted(found.items()):
         if not path.lower().endswith(suffixes) or info.get("type") == "directory":
@@ -84,7 +93,17 @@ def list_objects(source: str, settings: Settings) -> list[ObjectRef]:
         uri = f"{protocol}://{path}" if protocol != "file" else f"file://{path}"
         etag = info.get("ETag") or info.get("etag")
         mod = _modified(info)
-        refs.append(ObjectRef(uri, info.get("size"), str(etag or (mod.timestamp() if mod else "")), mod))
+        refused = key_problem(path[len(prefix):]) if path.startswith(prefix) else "outside the root"
+        if refused is None and local and (info.get("islink") or info.get("type") != "file"):
+            real = os.path.realpath(path)
+            if not real.startswith(real_root.rstrip(os.sep) + os.sep):
+                refused = "symlink pointing outside the scans root"
+            elif not os.path.isfile(real):
+                refused = "not a regular file"
+        if refused:
+            uri = printable(uri)
+        refs.append(ObjectRef(uri, info.get("size"), str(etag or (mod.timestamp() if mod else "")), mod,
+                              refused))
     return refs
 
 
@@ -117,18 +136,21 @@ def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracki
     opt = read_options(settings)
     model = tracking.load_reader_model(model_ref, settings.read.inference)
 
-    def fetch_and_prepare(ref: ObjectRef) -> tuple[str, PreparedScan | None, float]:
+    def fetch_and_prepare(ref: ObjectRef) -> tuple[str, list[PreparedScan], float]:
+        if ref.refused:  # recorded, never opened; keyed by its name, as it has no content
+            return "read", [PreparedScan(ref.uri, content_hash(f"refused:{ref.uri}".encode()),
+                                         "unreadable", f"refused: {ref.refused}")], 0.0
         t0 = time.perf_counter()
         fs, path = filesystem(ref.uri, settings)
         try:
             data = fs.cat_file(path)
         except FileNotFoundError:
-            return "vanished", None, 0.0  # deleted since listing: nothing to read, nothing lost
+            return "vanished", [], 0.0  # deleted since listing: nothing to read, nothing lost
         t_fetch = time.perf_counter() - t0
         digest = content_hash(data)
         if not force and digest in known_hashes:
-            return "duplicate", None, t_fetch
-        return "read", prepare_scan(data, ref.uri, digest, template, opt), t_fetch
+            return "duplicate", [], t_fetch
+        return "read", list(prepare_pages(data, ref.uri, digest, template, opt)), t_fetch  # one per page
 
     t0 = time.perf_counter()
     threads = min(settings.read.threads, len(refs))
@@ -140,13 +162,13 @@ def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracki
     # stage times below are summed over threads; this is the wall time they overlapped in
     totals: dict[str, float] = {"wall_prepare": time.perf_counter() - t0, "fetch": 0.0}
     prepared, dup, vanished = [], 0, []
-    for ref, (outcome, p, t_fetch) in zip(refs, outcomes, strict=True):
+    for ref, (outcome, pages, t_fetch) in zip(refs, outcomes, strict=True):
         totals["fetch"] += t_fetch
         if outcome == "vanished":
             vanished.append(ref.uri)
         elif outcome == "duplicate":
             dup += 1
-        elif p is not None:
+        for p in pages:
             for k, v in p.timings.items():
                 totals[k] = totals.get(k, 0.0) + v
             prepared.append(p)

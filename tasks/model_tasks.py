@@ -17,12 +17,16 @@ from tasks import tracking
 from tasks.augment import get_recipe
 from tasks.digit_data import DigitSet, Mnist, load_digit_set, load_mnist
 from tasks.inference import ONNX_ARTIFACT, predict_proba
+from tasks.ingest_tasks import read_options
 from tasks.metrics import digit_metrics, save_confusion_png
 from tasks.model import EXPECTED_PARAMS
 from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
+from tasks.promotion import Scores, decide
 from tasks.reframe import reframe_many
 from tasks.settings import Settings
+from tasks.template import Template, load_template
 from tasks.training import fit_convnet, subset
+from tasks.validation import ValidationSet, load_validation_set, score_on_validation, validation_listing
 
 MNIST_METRIC = "mnist_test_accuracy"
 
@@ -178,41 +182,89 @@ def log_onnx_task(model, client: Any, run_id: str, x_test: np.ndarray, keras_pro
     return tags
 
 
+@task(name="judge-candidate", **COMPUTE)
+def judge_task(client: Any, settings: Settings, model, mnist: dict, run_id: str) -> dict:
+    """Score the candidate and the champion on the validation telegrams (read in this run),
+    apply the promotion rule, and log the comparison to the candidate's run."""
+    logger = run_logger()
+    name, alias = settings.mlflow.registered_model, settings.mlflow.champion_alias
+    champion = tracking.champion_scores(client, name, alias)
+    vs = validation_set_for(settings)
+    comparison: dict[str, Any] = {
+        "candidate": {"mnist_accuracy": mnist["accuracy"], "mnist_f1": mnist["f1_macro"]},
+        "champion": None, "validation": None,
+    }
+    cand_val = champ_val = None
+    if vs is not None:
+        tpl, opt = vs_template_and_options(settings)
+        cand = score_on_validation(vs, model, tpl, opt)
+        cand_val = cand["number_accuracy"]
+        comparison["candidate"]["validation"] = cand
+        comparison["validation"] = {"uri": vs.uri, "fingerprint": vs.fingerprint,
+                                    "telegrams": len(vs.prepared), "cells": vs.cells,
+                                    "unreadable": vs.unreadable}
+        if champion is not None:
+            ref = tracking.resolve_model(client, f"models:/{name}/{champion['version']}")
+            champ = score_on_validation(vs, tracking.load_keras_model(ref), tpl, opt)
+            champ_val = champ["number_accuracy"]
+            champion["validation"] = champ
+    else:
+        logger.warning("no validation set at %s: promotion compares MNIST test only "
+                       "(make one with `cifras build-validation`)", settings.validation_uri)
+    comparison["champion"] = champion
+    decision = decide(
+        Scores(mnist["accuracy"], mnist["f1_macro"], cand_val),
+        Scores(champion["mnist_accuracy"], champion["mnist_f1"], champ_val) if champion else None,
+        settings.promotion.min_mnist_accuracy,
+    )
+    comparison["decision"] = decision.as_dict()
+    tracking.log_metrics(client, run_id, {
+        "validation_number_accuracy": cand_val, "champion_validation_number_accuracy": champ_val,
+        "validation_digit_accuracy": (comparison["candidate"].get("validation") or {}).get("digit_accuracy"),
+    })
+    tracking.log_json(client, run_id, comparison, "promotion_comparison.json")
+    logger.info("promotion: %s (%s)", "yes" if decision.promote else "no", decision.reason)
+    return comparison
+
+
 @task(name="register-and-promote", **IO_RETRIES)
 def register_task(
     client: Any, settings: Settings, model_uri: str, run_id: str, score: float,
-    tags: dict[str, str] | None = None, promote: bool = True,
+    tags: dict[str, str] | None = None, promote: bool = True, decision: dict | None = None,
 ) -> dict:
-    """Register a new version, then move the champion alias only if it beats the incumbent
-    (never with `promote=False`: the version stays a challenger)."""
+    """Register a new version; move the champion alias only when the promotion rule said so
+    (`decision`, from `judge_task`), and never with `promote=False` (it stays a challenger)."""
     import mlflow
 
     name, alias = settings.mlflow.registered_model, settings.mlflow.champion_alias
     logger = run_logger()
-    incumbent = tracking.champion_score(client, name, alias, MNIST_METRIC)
+    incumbent = tracking.champion_scores(client, name, alias)
     mv = mlflow.register_model(
         model_uri, name, tags={MNIST_METRIC: f"{score:.6f}", **(tags or {})}
     )
     version = str(mv.version)
     client.set_model_version_tag(name, version, "run_id", run_id)
-    promoted = promote and tracking.is_better(score, incumbent[1] if incumbent else None)
+    if decision is not None:
+        client.set_model_version_tag(name, version, "promotion", decision["reason"][:5000])
+    promoted = promote and bool(decision and decision["promote"])
     if promoted:
         tracking.promote(client, name, alias, version)
-        logger.info("%s v%s is the new @%s (%.4f vs %s)", name, version, alias, score,
-                    f"{incumbent[1]:.4f} (v{incumbent[0]})" if incumbent else "none")
+        logger.info("%s v%s is the new @%s (%s)", name, version, alias, decision["reason"])
     elif not promote:
         logger.info("%s v%s registered as a challenger (no promotion asked); @%s stays %s",
-                    name, version, alias, f"v{incumbent[0]}" if incumbent else "unset")
+                    name, version, alias, f"v{incumbent['version']}" if incumbent else "unset")
     else:
-        logger.info("%s v%s kept as a challenger: %.4f does not beat v%s's %.4f",
-                    name, version, score, incumbent[0], incumbent[1])
+        client.set_registered_model_alias(name, "challenger", version)
+        logger.info("%s v%s kept as @challenger: %s", name, version,
+                    decision["reason"] if decision else "no decision")
     client.set_tag(run_id, "registered_version", version)
     client.set_tag(run_id, "promoted", str(promoted).lower())
     return {
         "version": version,
         "promoted": promoted,
-        "champion": version if promoted else (incumbent[0] if incumbent else None),
-        "previous_champion": incumbent[0] if incumbent else None,
+        "champion": version if promoted else (incumbent["version"] if incumbent else None),
+        "previous_champion": incumbent["version"] if incumbent else None,
+        "promotion_reason": decision["reason"] if decision else "not judged",
     }
 
 
@@ -234,6 +286,32 @@ def attach_onnx_task(client: Any, ref: tracking.ModelRef, model, x_test: np.ndar
     for k, v in tags.items():
         client.set_model_version_tag(ref.name, ref.version, k, v)
     return tags
+
+
+_validation_cache: dict[str, ValidationSet | None] = {}
+
+
+def vs_template_and_options(settings: Settings) -> tuple[Template, Any]:
+    return load_template(settings.template), read_options(settings)
+
+
+def validation_set_for(settings: Settings) -> ValidationSet | None:
+    """The validation telegrams, prepared once per process while their files stay the same
+    (reading them is the slow part)."""
+    listing = validation_listing(settings.validation_uri, settings)
+    if not listing:
+        return None
+    key = f"{settings.validation_uri} {settings.template} {settings.read!r} {hash(listing)}"
+    if key not in _validation_cache:
+        tpl, opt = vs_template_and_options(settings)
+        _validation_cache.clear()
+        _validation_cache[key] = load_validation_set(settings.validation_uri, settings, tpl, opt)
+    return _validation_cache[key]
+
+
+def validation_accuracy(side: dict | None) -> float | None:
+    """Numbers right on the validation telegrams, from one side of a judge_task comparison."""
+    return ((side or {}).get("validation") or {}).get("number_accuracy")
 
 
 def architecture_params() -> dict[str, Any]:

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from tasks.db import Reading, Run, Scan, Telegram, session_scope, utcnow
 from tasks.official_results import MesaId, labels_for, upsert_telegram
-from tasks.read import MESA_CODE, ScanReading, mesa_code_from_uri
+from tasks.read import MESA_CODE, ScanReading, mesa_code_for_page, page_uri
 
 
 def _upsert(session, table, rows: list[dict[str, Any]], keys: list[str]) -> None:
@@ -45,8 +45,10 @@ def finish_run(db_url: str, run_id: str, status: str, metrics: dict[str, Any],
 
 
 def link_telegram(session, uri: str, template: str, content_hash: str,
-                  received_at: datetime | None) -> int | None:
-    code = mesa_code_from_uri(uri)
+                  received_at: datetime | None, page: int = 1, pages: int = 1) -> int | None:
+    """The telegram a scan page shows, by the code in the file name; its scan is recorded as
+    the page's URI (`...#page=N` for multi-page files)."""
+    code = mesa_code_for_page(uri, page, pages)
     if code is None:
         return None
     m = MESA_CODE.match(code)
@@ -54,7 +56,7 @@ def link_telegram(session, uri: str, template: str, content_hash: str,
     tel = session.scalar(select(Telegram).where(Telegram.mesa_code == code))
     if tel is None:
         tel = upsert_telegram(session, MesaId(int(m[1]), int(m[2]), "", int(m[3])), template)
-    tel.scan_uri, tel.content_hash = uri, content_hash
+    tel.scan_uri, tel.content_hash = page_uri(uri, page, pages), content_hash
     if received_at is not None and tel.received_at is None:
         tel.received_at = received_at
     session.flush()
@@ -65,33 +67,34 @@ def persist_chunk(
     db_url: str, readings: Iterable[ScanReading], run_id: str, model_version: str, template: str,
     listing: dict[str, dict[str, Any]],
 ) -> dict[str, dict[str, int]]:
-    """Write one chunk in one transaction; returns {scan uri: its official labels}."""
+    """Write one chunk in one transaction; returns {page uri: its official labels}."""
     with session_scope(db_url) as s:
         scan_rows, reading_rows, tel_of = [], [], {}
         for r in readings:
             meta = listing.get(r.uri, {})
-            tid = link_telegram(s, r.uri, template, r.content_hash, meta.get("modified"))
+            tid = link_telegram(s, r.uri, template, r.content_hash, meta.get("modified"), r.page, r.pages)
             if tid is not None:
-                tel_of[r.uri] = tid
+                tel_of[r.page_uri] = tid
             scan_rows.append({
                 "uri": r.uri, "size": meta.get("size"), "etag": meta.get("etag"),
-                "content_hash": r.content_hash, "model_version": model_version, "template": template,
+                "content_hash": r.content_hash, "page": r.page, "pages": r.pages,
+                "model_version": model_version, "template": template,
                 "telegram_id": tid, "status": r.status,
                 "reason": "; ".join([x for x in [r.reason, *r.notes] if x]) or None,
                 "quality": r.quality, "run_id": run_id, "read_at": utcnow(),
             })
             for cell_id, c in r.cells.items():
                 reading_rows.append({
-                    "telegram_id": tid, "content_hash": r.content_hash, "scan_uri": r.uri,
+                    "telegram_id": tid, "content_hash": r.content_hash, "page": r.page, "scan_uri": r.uri,
                     "template": template, "cell_id": cell_id, "value": c.value, "digits": c.digits,
                     "digit_probs": c.digit_probs, "confidence": c.confidence, "status": c.status,
                     "reason": c.reason, "model_version": model_version, "run_id": run_id,
                     "created_at": utcnow(),
                 })
-        _upsert(s, Scan.__table__, scan_rows, ["content_hash", "model_version"])
+        _upsert(s, Scan.__table__, scan_rows, ["content_hash", "page", "model_version"])
         for start in range(0, len(reading_rows), 1000):
             _upsert(s, Reading.__table__, reading_rows[start : start + 1000],
-                    ["content_hash", "cell_id", "model_version"])
+                    ["content_hash", "page", "cell_id", "model_version"])
         labels = labels_for(s, tel_of.values())
         return {uri: labels.get(tid, {}) for uri, tid in tel_of.items()}
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from tasks.checksum import apply_checksum
 from tasks.compose import CellReading, compose
-from tasks.decode import decode_scan
+from tasks.decode import Decoded, decode_pages, decode_scan
 from tasks.inference import predict_proba
 from tasks.reframe import reframe_many
 from tasks.register import register_upright
@@ -34,6 +34,8 @@ class ReadOptions:
     batch_size: int = 2048
     max_pixels: int = 80_000_000
     checksum: bool = True  # decode each telegram under the form's relations
+    max_pages: int = 100
+    pdf_dpi: int = 200
 
 
 @dataclass
@@ -49,6 +51,12 @@ class PreparedScan:
     inputs: np.ndarray | None = None  # (n_digits, 28, 28, 1) for all cells, in cell order
     owners: list[str] = field(default_factory=list)  # cell id of each row of `inputs`
     timings: dict[str, float] = field(default_factory=dict)
+    page: int = 1  # 1-based page of the file (multi-page TIFF or PDF)
+    pages: int = 1
+
+    @property
+    def page_uri(self) -> str:
+        return page_uri(self.uri, self.page, self.pages)
 
 
 @dataclass
@@ -62,24 +70,55 @@ class ScanReading:
     cells: dict[str, CellReading]
     crops: dict[str, np.ndarray] = field(default_factory=dict)
     digit_inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    page: int = 1
+    pages: int = 1
+
+    @property
+    def page_uri(self) -> str:
+        return page_uri(self.uri, self.page, self.pages)
+
+
+def page_uri(uri: str, page: int, pages: int) -> str:
+    """Where a telegram is: the file's URI, with `#page=N` when the file holds several."""
+    return uri if pages <= 1 else f"{uri}#page={page}"
 
 
 def prepare_scan(
     data: bytes, uri: str, content_hash: str, template: Template, opt: ReadOptions
 ) -> PreparedScan:
-    """Decode, register, crop and segment one scan; never raises for bad input."""
-    t: dict[str, float] = {}
+    """Decode, register, crop and segment one single-image scan; never raises for bad input."""
     t0 = time.perf_counter()
     decoded = decode_scan(data, max_pixels=opt.max_pixels)
-    t["decode"] = time.perf_counter() - t0
+    return _prepare_decoded(decoded, uri, content_hash, template, opt, time.perf_counter() - t0)
+
+
+def prepare_pages(
+    data: bytes, uri: str, content_hash: str, template: Template, opt: ReadOptions
+) -> list[PreparedScan]:
+    """Every page of a scan file (one for a JPEG or PNG), each prepared as one telegram."""
+    t0 = time.perf_counter()
+    pages = decode_pages(data, max_pixels=opt.max_pixels, max_pages=opt.max_pages, pdf_dpi=opt.pdf_dpi)
+    t_decode = (time.perf_counter() - t0) / len(pages)
+    # a refused file is one record (page 1 of 1), whatever page count it claims
+    return [_prepare_decoded(d if d.ok or len(pages) > 1 else Decoded(None, d.reason), uri,
+                             content_hash, template, opt, t_decode) for d in pages]
+
+
+def _prepare_decoded(
+    decoded: Decoded, uri: str, content_hash: str, template: Template, opt: ReadOptions, t_decode: float
+) -> PreparedScan:
+    t: dict[str, float] = {"decode": t_decode}
+    where = {"page": decoded.page, "pages": decoded.pages}
     if not decoded.ok:
-        return PreparedScan(uri, content_hash, "unreadable", decoded.reason, timings=t)
+        return PreparedScan(uri, content_hash, "unreadable", decoded.reason, timings=t, **where)
     t0 = time.perf_counter()
     alignment, gray = register_upright(decoded.gray, template)
     t["register"] = time.perf_counter() - t0
     if not alignment.ok:
-        return PreparedScan(uri, content_hash, "unaligned", alignment.reason, alignment.quality, timings=t)
-    prep = PreparedScan(uri, content_hash, "ok", None, alignment.quality, list(alignment.notes), timings=t)
+        return PreparedScan(uri, content_hash, "unaligned", alignment.reason, alignment.quality,
+                            timings=t, **where)
+    prep = PreparedScan(uri, content_hash, "ok", None, alignment.quality, list(alignment.notes),
+                        timings=t, **where)
     t_crop = t_seg = 0.0
     digit_images: list[np.ndarray] = []
     for cell in template.cells:
@@ -116,7 +155,8 @@ def infer_and_compose(
     offset = 0
     for p in prepared:
         if p.status != "ok" or p.inputs is None:
-            out.append(ScanReading(p.uri, p.content_hash, p.status, p.reason, p.quality, p.notes, {}))
+            out.append(ScanReading(p.uri, p.content_hash, p.status, p.reason, p.quality, p.notes, {},
+                                   page=p.page, pages=p.pages))
             continue
         n = len(p.owners)
         mine, inputs = probs[offset : offset + n], p.inputs
@@ -134,7 +174,7 @@ def infer_and_compose(
         if opt.checksum:
             cells = apply_checksum(template, cells, opt.ok_threshold)
         out.append(ScanReading(p.uri, p.content_hash, "ok", None, p.quality, p.notes, cells,
-                               p.crops, digit_inputs))
+                               p.crops, digit_inputs, p.page, p.pages))
     timings["compose"] = time.perf_counter() - t0
     return out, timings
 
@@ -143,3 +183,23 @@ def mesa_code_from_uri(uri: str) -> str | None:
     """Scans are named by the telegram code printed under the barcode, e.g. 2100100001X.jpg."""
     stem = uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     return stem if MESA_CODE.match(stem) else None
+
+
+def mesa_code_for_page(uri: str, page: int, pages: int) -> str | None:
+    """The telegram code of one page. A single-page file is named by its code; a file of N
+    pages names its N codes in page order, joined by `_` (2100100001X_2100100007X.pdf), or as
+    an inclusive range of consecutive mesas of one sección (2100100001X-2100100020X.tif).
+    A name that does not account for every page links no page: a wrong label is worse than
+    none."""
+    if pages <= 1:
+        return mesa_code_from_uri(uri)
+    stem = uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    codes = stem.split("_")
+    if len(codes) == pages and all(MESA_CODE.match(c) for c in codes):
+        return codes[page - 1]
+    ends = [MESA_CODE.match(c) for c in stem.split("-")]
+    if len(ends) == 2 and ends[0] and ends[1] and ends[0][1] + ends[0][2] == ends[1][1] + ends[1][2]:
+        first, last = int(ends[0][3]), int(ends[1][3])
+        if last - first + 1 == pages:
+            return f"{ends[0][1]}{ends[0][2]}{first + page - 1:05d}X"
+    return None

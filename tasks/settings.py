@@ -2,12 +2,15 @@
 
 Strict and frozen so that a typo in a YAML key or an env var value is an error, not a silent
 default. The YAML file is `conf/default.yaml` next to the code unless CIFRAS_CONFIG names
-another one.
+another one. Secrets (database URL with its password, S3 keys) come only from the environment
+or from the file named by CIFRAS_SECRETS_FILE, which must live outside the repository.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +24,10 @@ from pydantic_settings import (
 
 from tasks.errors import CifrasError
 
-CONF_DIR = Path(os.environ.get("CIFRAS_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
+REPO_DIR = Path(__file__).resolve().parents[1]
+CONF_DIR = Path(os.environ.get("CIFRAS_CONF_DIR", REPO_DIR / "conf"))
+SECRETS_FILE_ENV = "CIFRAS_SECRETS_FILE"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def config_file() -> Path:
@@ -85,7 +91,9 @@ class ReadSettings(_Section):
     # Scans of a chunk prepared (decode to reframe) in parallel threads; OpenCV and NumPy
     # release the GIL for most of that work. 1: one after another.
     threads: int = Field(default=2, ge=1)
-    suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+    max_pages: int = Field(default=100, ge=1)
+    pdf_dpi: int = Field(default=200, ge=36, le=600)
+    suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".pdf")
     experiment: str = "telegram-ingest"
 
 
@@ -100,6 +108,36 @@ class DaskSettings(_Section):
     @property
     def enabled(self) -> bool:
         return bool(self.address) or self.local_workers > 0
+
+
+class ValidationSpec(_Section):
+    digits: str  # handwriting pool, validation splits only (never MNIST: it is what we reuse)
+    seed: int
+    count: int = Field(ge=1)
+
+
+class PromotionSettings(_Section):
+    # The fixed validation set of telegram cells (scans + labels*.csv), any fsspec URL; empty:
+    # <data_dir>/validation. Without one, promotion compares MNIST test only.
+    validation_uri: str | None = None
+    # What `cifras build-validation` generates there.
+    validation_sets: tuple[ValidationSpec, ...] = (
+        ValidationSpec(digits="optdigits:cv", seed=900, count=100),
+        ValidationSpec(digits="orand:val", seed=902, count=100),
+    )
+    # A version never becomes champion below this MNIST test accuracy and macro F1.
+    min_mnist_accuracy: float = Field(default=0.99, ge=0.0, le=1.0)
+
+
+class FineTuneSettings(_Section):
+    epochs: int = Field(default=4, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    # Adam's step, a tenth of the original training's so the MNIST features are kept.
+    learning_rate: float = Field(default=1e-4, gt=0)
+    # MNIST training digits mixed in per weakly labelled digit, against forgetting.
+    mnist_ratio: float = Field(default=1.0, ge=0)
+    seed: int = 1
+    experiment: str = "digit-finetune"
 
 
 class Settings(BaseSettings):
@@ -127,6 +165,8 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     dask: DaskSettings = DaskSettings()
+    promotion: PromotionSettings = PromotionSettings()
+    fine_tune: FineTuneSettings = FineTuneSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -167,6 +207,10 @@ class Settings(BaseSettings):
     def exports_uri(self) -> str:
         return self.storage.exports_uri or (self.data_dir / "exports").resolve().as_uri()
 
+    @property
+    def validation_uri(self) -> str:
+        return self.promotion.validation_uri or (self.data_dir / "validation").resolve().as_uri()
+
     def shared_path(self, *parts: str) -> Path | None:
         """A file in the shared development data, or None where that folder is absent."""
         if self.shared_data is None:
@@ -175,8 +219,46 @@ class Settings(BaseSettings):
         return path if path.exists() else None
 
 
+def load_secrets_file(path: Path | None = None) -> list[str]:
+    """Export the KEY=VALUE lines of the secrets file (CIFRAS_SECRETS_FILE) into the
+    environment, where settings, s3fs and MLflow read them; a variable already set wins.
+    Returns the names set, never the values. The file must be outside the repository (so that
+    it cannot be committed) and readable by its owner only, like an SSH key; errors name the
+    line, never its content."""
+    if path is None:
+        name = os.environ.get(SECRETS_FILE_ENV)
+        if not name:
+            return []
+        path = Path(name)
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise CifrasError(f"secrets file {path} not found ({SECRETS_FILE_ENV})")
+    if path.is_relative_to(REPO_DIR) or path.is_relative_to(CONF_DIR.resolve()):
+        raise CifrasError(f"secrets file {path} is inside the repository: keep it outside "
+                          f"(e.g. /etc/cifras/secrets.env, mode 600)")
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        raise CifrasError(f"secrets file {path} is readable by other users: chmod 600 {path}")
+    found: dict[str, str] = {}
+    for no, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not _ENV_NAME.match(key):
+            raise CifrasError(f"secrets file {path}, line {no}: expected NAME=value")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        found[key] = value
+    names = [k for k in found if k not in os.environ]
+    for k in names:
+        os.environ[k] = found[k]
+    return names
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the settings; a bad file or value becomes one CifrasError line."""
+    load_secrets_file()
     path = config_file()
     if not path.is_file():
         raise CifrasError(f"configuration file {path} not found (set CIFRAS_CONFIG)")

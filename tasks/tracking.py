@@ -23,6 +23,25 @@ from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 
+class TrackingUnavailable(RuntimeError):
+    """MLflow did not answer (server down, network): transient, so tasks retry it, unlike a
+    CifrasError such as a model that does not exist."""
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether an MLflow error means "no answer" rather than "the answer is no"."""
+    msg = str(exc)
+    return isinstance(exc, OSError) or ("API request to" in msg and (
+        "failed with exception" in msg or "Max retries" in msg))
+
+
+def short_error(exc: BaseException) -> str:
+    """The telling part of a long client error ("[Errno 111] Connection refused")."""
+    msg = str(exc)
+    m = re.search(r"\[Errno -?\d+\][^'\")]*", msg) or re.search(r"Read timed out[^'\")]*", msg)
+    return m[0].strip() if m else msg[:160]
+
+
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -82,6 +101,32 @@ def tracked_run(
     client.set_terminated(run_id, status="FINISHED")
 
 
+@contextmanager
+def optional_run(client, experiment_id: str | None, run_name: str, tags: dict[str, str] | None,
+                 warn) -> Iterator[str | None]:
+    """Like tracked_run, but MLflow not answering yields None (and a warning) instead of
+    failing: for the reading pipeline, whose product is the readings in the database, not
+    the MLflow run. Errors of the body still propagate."""
+    run_id = None
+    if experiment_id is not None:
+        try:
+            run_id = client.create_run(experiment_id, run_name=run_name, tags=tags or {}).info.run_id
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            warn(f"MLflow unreachable, run not tracked: {short_error(exc)}")
+    ok = False
+    try:
+        yield run_id
+        ok = True
+    finally:
+        if run_id is not None:
+            try:
+                client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+            except Exception as exc:
+                warn(f"MLflow unreachable, run {run_id} left open: {short_error(exc)}")
+
+
 def log_params(client, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
@@ -139,6 +184,9 @@ def resolve_model(client, uri: str) -> ModelRef:
         else:
             mv = client.get_model_version(name, m["version"])
     except MlflowException as exc:
+        if unreachable(exc):
+            raise TrackingUnavailable(f"MLflow registry unreachable, cannot resolve {uri}: "
+                                      f"{short_error(exc)}") from exc
         raise CifrasError(
             f"no model at {uri} in the registry; train one with `cifras train` "
             f"or pass --model with an existing version"
@@ -158,8 +206,15 @@ def load_keras_model(ref: ModelRef):
     key = f"{mlflow.get_registry_uri()} {ref.pinned_uri}"
     with _model_lock:
         if key not in _model_cache:
+            from mlflow.exceptions import MlflowException
+
             try:
                 _model_cache[key] = mlflow.keras.load_model(ref.pinned_uri)
+            except MlflowException as exc:
+                if unreachable(exc):
+                    raise TrackingUnavailable(f"MLflow unreachable, cannot load {key}: "
+                                              f"{short_error(exc)}") from exc
+                raise
             except OSError as exc:
                 raise CifrasError(f"cannot load model {key}: {exc}") from exc
             log.info("loaded model %s", key)
@@ -183,8 +238,16 @@ def onnx_export(ref: ModelRef) -> OnnxExport | None:
 
     if not ref.name or not ref.version:
         return None
+    from mlflow.exceptions import MlflowException
+
     client = MlflowClient(tracking_uri=mlflow.get_tracking_uri(), registry_uri=mlflow.get_registry_uri())
-    mv = client.get_model_version(ref.name, ref.version)
+    try:
+        mv = client.get_model_version(ref.name, ref.version)
+    except MlflowException as exc:
+        if unreachable(exc):
+            raise TrackingUnavailable(f"MLflow unreachable, cannot look up {ref.label}: "
+                                      f"{short_error(exc)}") from exc
+        raise
     artifact = mv.tags.get("onnx_artifact")
     if not artifact or not mv.run_id:
         return None
@@ -212,9 +275,17 @@ def load_reader_model(ref: ModelRef, mode: str = "auto"):
         raise CifrasError(f"{ref.label}: {exc}") from exc
     if backend == "onnx":
         assert export is not None
+        from mlflow.exceptions import MlflowException
+
         with tempfile.TemporaryDirectory() as tmp:
-            path = mlflow.artifacts.download_artifacts(run_id=export.run_id, artifact_path=export.artifact,
-                                                       dst_path=tmp)
+            try:
+                path = mlflow.artifacts.download_artifacts(run_id=export.run_id,
+                                                           artifact_path=export.artifact, dst_path=tmp)
+            except (MlflowException, OSError) as exc:
+                if unreachable(exc):
+                    raise TrackingUnavailable(f"MLflow unreachable, cannot load the ONNX export of "
+                                              f"{ref.label}: {short_error(exc)}") from exc
+                raise
             model = OnnxModel(Path(path).read_bytes())
         log.info("reading with the ONNX export of %s", ref.label)
     else:
@@ -224,25 +295,18 @@ def load_reader_model(ref: ModelRef, mode: str = "auto"):
     return model
 
 
-def champion_score(client, name: str, alias: str, metric: str) -> tuple[str, float] | None:
-    """(version, score) of the current champion, or None when there is none."""
+def champion_scores(client, name: str, alias: str) -> dict | None:
+    """The champion's version and MNIST test figures (accuracy, macro F1), or None."""
     from mlflow.exceptions import MlflowException
 
     try:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    if metric in mv.tags:
-        return str(mv.version), float(mv.tags[metric])
-    run_metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
-    if metric in run_metrics:
-        return str(mv.version), float(run_metrics[metric])
-    return str(mv.version), float("-inf")
-
-
-def is_better(candidate: float, champion: float | None) -> bool:
-    """The alias moves only to a strictly better model (ties keep the incumbent)."""
-    return champion is None or candidate > champion
+    metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    acc = metrics.get("test_accuracy", float(mv.tags.get("mnist_test_accuracy", "nan")))
+    return {"version": str(mv.version), "mnist_accuracy": float(acc),
+            "mnist_f1": float(metrics.get("test_f1_macro", acc))}
 
 
 def promote(client, name: str, alias: str, version: str) -> None:

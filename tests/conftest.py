@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,9 @@ def cifras_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         if var.startswith("CIFRAS_") and var not in ("CIFRAS_DATA_DIR", "CIFRAS_SHARED_DATA",
                                                      "CIFRAS_MNIST_PATH", "CIFRAS_TEST_POSTGRES_URL"):
             monkeypatch.delenv(var)
+    # Test models train for seconds and stay below the production MNIST floor (0.99); the
+    # floor itself is tested where it is set explicitly.
+    monkeypatch.setenv("CIFRAS_PROMOTION__MIN_MNIST_ACCURACY", "0")
     return data
 
 
@@ -66,6 +70,7 @@ def trained_registry(
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CIFRAS_DATA_DIR", str(data))
         mp.setenv("CIFRAS_MNIST_PATH", str(mnist_npz))
+        mp.setenv("CIFRAS_PROMOTION__MIN_MNIST_ACCURACY", "0")  # seconds of training: below 0.99
         train_flow(epochs=1, limit=6000)
     yield data
 
@@ -93,31 +98,43 @@ def db_url(tmp_path: Path) -> str:
     return url
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database on the server named by CIFRAS_TEST_POSTGRES_URL
-    (.ci/run starts one from Debian's package); dropped afterwards."""
+@contextmanager
+def scratch_pg_database(prefix: str, drivername: str | None = None) -> Iterator[str]:
+    """A new empty database on the PostgreSQL server named by CIFRAS_TEST_POSTGRES_URL (.ci/run
+    starts one from Debian's package), as a URL (with another driver if given); dropped after,
+    even with connections still open."""
     import uuid
 
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from tasks.db import get_engine, migrate
-
     base = os.environ.get("CIFRAS_TEST_POSTGRES_URL")
     if not base:
         pytest.skip("CIFRAS_TEST_POSTGRES_URL not set (no PostgreSQL server for tests)")
-    name = f"cifras_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(base).set(database=name).render_as_string(hide_password=False)
-    migrate(url)
-    yield url
-    get_engine(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    url = make_url(base).set(database=name)
+    if drivername:
+        url = url.set(drivername=drivername)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL results database; dropped afterwards."""
+    from tasks.db import get_engine, migrate
+
+    with scratch_pg_database("cifras") as url:
+        migrate(url)
+        yield url
+        get_engine(url).dispose()
 
 
 @pytest.fixture(scope="session")
@@ -175,7 +192,10 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = subprocess.Popen(
         [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
          f"-s3.port={s3}", f"-master.port={master}", f"-volume.port={volume}",
-         f"-filer.port={filer}", "-volume.max=200", "-master.volumeSizeLimitMB=64"],
+         f"-filer.port={filer}", "-volume.max=200", "-master.volumeSizeLimitMB=64",
+         # the Iceberg and Lance side servers listen on fixed ports (8181, 9101) by default:
+         # a second test session on the machine would fail to start
+         "-s3.port.iceberg=0", "-s3.port.lance=0"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     endpoint = f"http://127.0.0.1:{s3}"

@@ -26,6 +26,21 @@ def test_the_model_decides_whether_a_wide_blob_is_split():
     assert r.digits == "00" and r.chosen == [1, 2] and "touching" in r.reason
 
 
+def test_a_mark_much_wider_than_tall_is_read_as_touching_digits_unless_the_whole_is_certain():
+    probs = onehot([2, 2, 1], 0.8)
+    probs[0] = onehot([2], 0.9)[0]  # read whole it looks like a 2, a little surer than the halves
+    wide = Segmentation("digits", digits=[None] * 3, groups=[[[0], [1, 2]]],
+                        boxes=[(0, 0, 32, 20), (0, 0, 16, 20), (16, 0, 16, 20)])
+    assert compose(wide, probs, 3, 0.5).digits == "21"  # "21" squeezed into one box
+    narrow = Segmentation("digits", digits=[None] * 3, groups=[[[0], [1, 2]]],
+                          boxes=[(0, 0, 18, 20), (0, 0, 9, 20), (9, 0, 9, 20)])
+    assert compose(narrow, probs, 3, 0.5).digits == "2"
+    certain = probs.copy()
+    certain[0] = onehot([0], 0.999)[0]
+    certain[1:] = onehot([2, 1], 0.3)
+    assert compose(wide, certain, 3, 0.5).digits == "0"  # a wide 0 stays one digit
+
+
 def test_number_is_rebuilt_from_its_digits():
     r = compose(Segmentation("digits", digits=[None] * 3), onehot([1, 3, 5]), 3, 0.9)
     assert (r.value, r.digits, r.status) == (135, "135", "ok")

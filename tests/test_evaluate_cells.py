@@ -6,7 +6,13 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.cell_reader import clean_margins, read_label_csv
+from tasks.cell_reader import (
+    clean_margins,
+    keep_writing,
+    prepare_cell,
+    read_label_csv,
+    writing_fills_crop,
+)
 
 
 def test_label_csv_skips_labels_that_are_not_plain_numbers():
@@ -24,6 +30,44 @@ def test_black_scanner_margin_is_painted_white():
     cv2.line(img, (50, 15), (50, 45), 20, 3)  # the writing
     out = clean_margins(img)
     assert out[:, :25].min() == 255 and out[30, 50] < 60
+
+
+def _cheque_amount() -> tuple[np.ndarray, list[int]]:
+    """'104' written to fill the height of a grey, grainy, cheque-like strip, and the centre
+    column of each digit."""
+    rng = np.random.default_rng(3)
+    img = (175 + rng.normal(0, 4, (56, 170))).clip(0, 255).astype(np.uint8)
+    centres = []
+    for i, d in enumerate("104"):
+        mask = np.zeros_like(img)
+        cv2.putText(mask, d, (12 + 52 * i, 50), cv2.FONT_HERSHEY_SIMPLEX, 1.9, 255, 4)
+        img[mask > 0] = 35
+        centres.append(int(np.nonzero(mask.any(0))[0].mean()))
+    return img, centres
+
+
+def test_a_tight_crop_keeps_digits_that_fill_its_height():
+    tight, centres = _cheque_amount()
+    assert writing_fills_crop(tight)
+    seg = prepare_cell(tight, 6)
+    assert seg.kind == "digits"
+    for x in centres:  # every digit is still there (boxes are in framed coordinates, +8)
+        assert any(bx <= x + 8 <= bx + bw for bx, _, bw, _ in seg.boxes), x
+    plain = keep_writing(tight)  # cleaned as a loose crop, the marks taller than 0.7h vanish
+    assert (plain[:, centres[0] - 3 : centres[0] + 4] > 200).all()
+    loose = np.full((200, 140), 230, np.uint8)  # a register cell: small writing, ruling line
+    cv2.line(loose, (130, 0), (130, 199), 20, 3)
+    cv2.putText(loose, "27", (40, 110), cv2.FONT_HERSHEY_SIMPLEX, 0.9, 20, 2)
+    assert not writing_fills_crop(loose)
+
+
+def test_a_broken_ruling_line_is_not_taken_for_the_writing():
+    cell = np.full((200, 140), 230, np.uint8)
+    cv2.line(cell, (120, 60), (120, 175), 40, 2)  # a piece of the cell's right rule
+    cv2.putText(cell, "2", (50, 110), cv2.FONT_HERSHEY_SIMPLEX, 0.9, 20, 2)
+    out = keep_writing(cell)
+    assert out[:, 110:130].min() > 200  # the sliver is gone
+    assert out[85:112, 45:75].min() < 60  # the digit is kept
 
 
 @pytest.mark.slow

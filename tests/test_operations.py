@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _free_port_pair
+from tests.conftest import _free_port_pair, scratch_pg_database
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -125,21 +124,8 @@ def services(tmp_path: Path) -> Iterator[Services]:
 @pytest.fixture
 def prefect_db_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for the Prefect server (asyncpg driver)."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    base = os.environ.get("CIFRAS_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("CIFRAS_TEST_POSTGRES_URL not set (no PostgreSQL server for tests)")
-    name = f"prefect_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(base).set(drivername="postgresql+asyncpg", database=name).render_as_string(
-        hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_pg_database("prefect", "postgresql+asyncpg") as url:
+        yield url
 
 
 def _weed_pid(endpoint: str) -> int:
@@ -270,7 +256,9 @@ def test_deployed_backfill_on_servers_survives_an_s3_stall(
 
     with _prefect_api(api_url) as client:
         names = {d.name for d in client.read_deployments()}
-        assert names == {"nightly-ingest", "backfill", "train", "evaluate"}
+        assert names == {"nightly-ingest", "backfill", "train", "fine-tune", "evaluate"}
+        tune = client.read_deployment_by_name("fine-tune/fine-tune")
+        assert tune.parameter_openapi_schema["required"] == ["shards"]
         nightly = client.read_deployment_by_name("ingest/nightly-ingest")
         assert nightly.schedules[0].schedule.cron == "0 3 * * *"
         assert nightly.schedules[0].schedule.timezone == "America/Argentina/Buenos_Aires"

@@ -6,14 +6,6 @@ from mlflow import MlflowClient
 
 from flows.train import train_flow
 from tasks.settings import load_settings
-from tasks.tracking import is_better
-
-
-def test_promotion_rule():
-    assert is_better(0.9, None)
-    assert is_better(0.91, 0.9)
-    assert not is_better(0.9, 0.9)  # a tie keeps the incumbent
-    assert not is_better(0.5, 0.9)
 
 
 @pytest.mark.slow

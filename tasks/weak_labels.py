@@ -1,0 +1,118 @@
+"""Digits labelled without anyone labelling them: the official number of a cell says which
+digits its segments are, whenever the reader found as many digits as the number has.
+
+Two sources give such digits, both as npz shards (`x` uint8 28x28 model inputs with ink 255,
+`y` the digit, `scan` the content hash of the image it came from):
+- every ingest run exports them for its telegrams (tasks/exports.py), from the official
+  results in the database;
+- `harvest_cells` makes them from folders of labelled cell crops (e.g. the Danish register
+  rows' training split), the way the source paper built its digit set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from tasks.cell_reader import prepare_cell
+from tasks.compose import compose
+from tasks.inference import predict_proba
+from tasks.reframe import reframe_many
+from tasks.scoring import digit_pairs
+from tasks.settings import Settings
+from tasks.storage import filesystem
+
+
+@dataclass
+class WeakDigits:
+    x: np.ndarray  # (n, 28, 28) uint8, ink 255
+    y: np.ndarray  # (n,) int64
+    scan: np.ndarray  # (n,) content hash of the source image
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def without(self, hashes: set[str]) -> WeakDigits:
+        keep = ~np.isin(self.scan, list(hashes)) if hashes else np.ones(len(self), bool)
+        return WeakDigits(self.x[keep], self.y[keep], self.scan[keep])
+
+    @staticmethod
+    def concat(parts: list[WeakDigits]) -> WeakDigits:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return WeakDigits(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64), np.zeros(0, str))
+        return WeakDigits(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]),
+                          np.concatenate([p.scan for p in parts]))
+
+
+def harvest_cells(images: list[bytes | np.ndarray], labels: list[int], model, max_digits: int,
+                  reframe: str = "mnist", batch_size: int = 2048) -> tuple[WeakDigits, dict]:
+    """Weakly labelled digits from cell images whose number is known, and how many cells gave
+    some (`used`) or none (digit count differs from the label: `skipped`)."""
+    import cv2
+
+    grays, hashes = [], []
+    for img in images:
+        if isinstance(img, bytes):
+            hashes.append(hashlib.sha256(img).hexdigest())
+            img = cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_GRAYSCALE)
+        else:
+            hashes.append(hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest())
+        grays.append(img)
+    segs = [prepare_cell(g, max_digits) if g is not None else None for g in grays]
+    inputs = [reframe_many(s.digits, reframe, ink="bright") if s is not None and s.digits else None
+              for s in segs]  # type: ignore[arg-type]
+    flat = [x for x in inputs if x is not None]
+    probs = predict_proba(model, np.concatenate(flat), batch_size) if flat else np.zeros((0, 10))
+    xs, ys, scans = [], [], []
+    used = skipped = offset = 0
+    for seg, x, label, h in zip(segs, inputs, labels, hashes, strict=True):
+        if seg is None or x is None:
+            skipped += 1
+            continue
+        p = probs[offset : offset + len(x)]
+        offset += len(x)
+        reading = compose(seg, p, max_digits, 0.0)
+        pairs = digit_pairs(label, reading.digits)
+        chosen = x[reading.chosen] if reading.chosen else x
+        if not pairs or len(chosen) != len(pairs):
+            skipped += 1
+            continue
+        used += 1
+        xs.append((chosen[:, :, :, 0] * 255).round().astype(np.uint8))
+        ys.extend(t for t, _ in pairs)
+        scans.extend([h] * len(pairs))
+    if not xs:
+        return WeakDigits.concat([]), {"cells": len(labels), "used": 0, "skipped": skipped, "digits": 0}
+    weak = WeakDigits(np.concatenate(xs), np.array(ys, np.int64), np.array(scans))
+    return weak, {"cells": len(labels), "used": used, "skipped": skipped, "digits": len(weak)}
+
+
+def shard_bytes(weak: WeakDigits) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=weak.x, y=weak.y, scan=weak.scan)
+    return buf.getvalue()
+
+
+def load_shards(uris: list[str], settings: Settings) -> tuple[WeakDigits, list[str]]:
+    """Every digit shard (`*.npz` holding x and y) at or under the given URLs, with the files
+    read. Shards from before scan hashes were exported are refused: they could hold
+    validation telegrams and nothing could tell."""
+    parts, files = [], []
+    for uri in uris:
+        fs, root = filesystem(uri, settings)
+        protocol = uri.split("://", 1)[0] if "://" in uri else "file"
+        paths = [root] if fs.isfile(root) else sorted(p for p in fs.find(root) if p.endswith(".npz"))
+        for path in paths:
+            with np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False) as d:
+                if "x" not in d or "y" not in d or d["x"].shape[1:] != (28, 28):
+                    continue  # e.g. a numbers shard: cell crops, not digits
+                if "scan" not in d:
+                    raise ValueError(f"{protocol}://{path} has no scan hashes; re-export it")
+                parts.append(WeakDigits(d["x"].astype(np.uint8), d["y"].astype(np.int64),
+                                        d["scan"].astype(str)))
+            files.append(f"{protocol}://{path}")
+    return WeakDigits.concat(parts), files

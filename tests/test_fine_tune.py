@@ -1,0 +1,185 @@
+"""Promotion rule, weak labels and the fine-tuning flow, against a real MLflow registry and a
+real Prefect API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from tasks.promotion import Scores, decide
+from tasks.weak_labels import WeakDigits, load_shards, shard_bytes
+
+
+def test_promotion_needs_the_mnist_floor_even_for_the_first_champion():
+    d = decide(Scores(0.985, 0.99), None, 0.99)
+    assert not d.promote and d.basis == "floor"
+    d = decide(Scores(0.995, 0.985), None, 0.99)  # macro F1 counts too
+    assert not d.promote
+    assert decide(Scores(0.991, 0.991), None, 0.99).promote
+
+
+def test_promotion_on_validation_needs_strictly_more_numbers_right():
+    champ = Scores(0.995, 0.995, 0.80)
+    assert decide(Scores(0.991, 0.991, 0.81), champ).promote  # worse on MNIST is fine above the floor
+    tie = decide(Scores(0.999, 0.999, 0.80), champ)
+    assert not tie.promote and tie.basis == "validation"
+    assert not decide(Scores(0.989, 0.989, 0.99), champ).promote  # below the floor
+
+
+def test_promotion_without_validation_set_compares_mnist():
+    d = decide(Scores(0.993, 0.993, None), Scores(0.992, 0.992, None))
+    assert d.promote and d.basis == "mnist"
+    assert not decide(Scores(0.992, 0.992), Scores(0.992, 0.992)).promote
+
+
+def test_shards_exclude_validation_scans_and_refuse_unhashed(tmp_path: Path):
+    x = np.zeros((4, 28, 28), np.uint8)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "chunk-00000.npz").write_bytes(
+        shard_bytes(WeakDigits(x, np.array([1, 2, 3, 4]), np.array(["h1", "h1", "h2", "h3"]))))
+    np.savez(tmp_path / "a" / "numbers.npz", x=np.zeros((2, 96, 256), np.uint8), y=np.array([5, 6]))
+    weak, files = load_shards([tmp_path.as_uri()], None)
+    assert len(weak) == 4 and len(files) == 1  # the numbers shard is not digits
+    kept = weak.without({"h1"})
+    assert kept.y.tolist() == [3, 4] and set(kept.scan) == {"h2", "h3"}
+    np.savez(tmp_path / "a" / "old.npz", x=x, y=np.array([1, 2, 3, 4]))
+    with pytest.raises(ValueError, match="no scan hashes"):
+        load_shards([tmp_path.as_uri()], None)
+
+
+def test_training_mix_and_fine_tune_keep_the_architecture_and_the_base():
+    from tasks.fine_tuning import fine_tune, training_mix
+    from tasks.model import EXPECTED_PARAMS, build_mnist_convnet
+
+    rng = np.random.default_rng(0)
+    xw, yw = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), rng.integers(0, 10, 50)
+    xm, ym = rng.integers(0, 256, (500, 28, 28), dtype=np.uint8), rng.integers(0, 10, 500)
+    x, y = training_mix(xw, yw, xm, ym, 2.0, 0)
+    assert len(y) == len(x) == 150  # every weak digit plus twice as many MNIST ones
+    weak_rows = {xw[i].tobytes(): int(yw[i]) for i in range(50)}
+    found = [(x[i].tobytes(), int(y[i])) for i in range(150) if x[i].tobytes() in weak_rows]
+    assert len(found) == 50 and all(weak_rows[k] == v for k, v in found)  # labels travel with x
+    base = build_mnist_convnet(seed=0)
+    before = [w.copy() for w in base.get_weights()]
+    tuned, history = fine_tune(base, x, y, epochs=1, batch_size=32, learning_rate=1e-3, seed=0)
+    assert tuned.count_params() == EXPECTED_PARAMS
+    assert all(np.array_equal(a, b) for a, b in zip(before, base.get_weights(), strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, tuned.get_weights(), strict=True))
+    assert len(history["loss"]) == 1
+
+
+@pytest.mark.slow
+def test_fine_tune_flow_judges_on_validation_and_promotes_only_by_the_rule(
+    cifras_env: Path, mnist_npz: Path, prefect_server, monkeypatch
+):
+    from flows.fine_tune import fine_tune_flow
+    from flows.generate import generate_flow
+    from flows.ingest import ingest_flow
+    from flows.train import train_flow
+    from tasks.settings import load_settings
+
+    monkeypatch.setenv("CIFRAS_MNIST_PATH", str(mnist_npz))
+    monkeypatch.setenv("CIFRAS_PROMOTION__MIN_MNIST_ACCURACY", "0")
+    base = train_flow(epochs=1, limit=3000)
+    assert base["promoted"] and base["promotion_reason"] == "no champion yet"
+
+    s = load_settings()
+    # the validation telegrams sit among the scans, so the nightly run reads them too and
+    # exports their digits: fine-tuning must drop those
+    val_uri = f"{s.scans_uri}/validation"
+    monkeypatch.setenv("CIFRAS_PROMOTION__VALIDATION_URI", val_uri)
+    generate_flow(count=3, seed=71, out=val_uri, digits="mnist")
+    generate_flow(count=6, seed=72, out=f"{s.scans_uri}/day1", digits="mnist")
+    ingest_flow()
+    datasets = Path(s.data_dir) / "exports" / "datasets"
+    weak_all, _ = load_shards([datasets.as_uri()], s)
+    assert len(weak_all) > 100
+
+    monkeypatch.setenv("CIFRAS_PROMOTION__MIN_MNIST_ACCURACY", "0.9999")  # nothing reaches it
+    refused = fine_tune_flow([datasets.as_uri()], epochs=1)
+    assert 0 < refused["dropped_validation_digits"] < len(weak_all)
+    assert refused["weak_digits"] + refused["dropped_validation_digits"] == len(weak_all)
+    assert not refused["promoted"] and "below the floor" in refused["promotion_reason"]
+    client = MlflowClient(s.mlflow_tracking_uri)
+    assert str(client.get_model_version_by_alias("digit-cnn", "champion").version) == base["version"]
+    assert str(client.get_model_version_by_alias("digit-cnn", "challenger").version) == refused["version"]
+
+    monkeypatch.setenv("CIFRAS_PROMOTION__MIN_MNIST_ACCURACY", "0")
+    tuned = fine_tune_flow([datasets.as_uri()], epochs=1)
+    cand, champ = tuned["validation_number_accuracy"], tuned["champion_validation_number_accuracy"]
+    assert cand is not None and champ is not None
+    assert tuned["promoted"] == (cand > champ)
+    alias = str(client.get_model_version_by_alias("digit-cnn", "champion").version)
+    assert alias == (tuned["version"] if cand > champ else base["version"])
+
+    run = client.get_run(tuned["run_id"])
+    assert run.data.params["base_model"] == f"digit-cnn/v{base['version']}"
+    assert run.data.metrics["validation_number_accuracy"] == pytest.approx(cand)
+    path = client.download_artifacts(tuned["run_id"], "promotion_comparison.json")
+    comparison = json.loads(Path(path).read_text())
+    assert comparison["validation"]["telegrams"] == 3
+    assert comparison["decision"]["promote"] == tuned["promoted"]
+    assert comparison["champion"]["version"] == base["version"]
+
+    # an existing version judged by the same rule (`cifras promote`)
+    from flows.promote import promote_flow
+
+    judged = promote_flow(f"models:/digit-cnn/{refused['version']}")
+    now = str(client.get_model_version_by_alias("digit-cnn", "champion").version)
+    if judged.get("reason") == "already the champion":
+        pytest.fail("the refused version cannot be the champion")
+    assert judged["promoted"] == (judged["validation_number_accuracy"]
+                                  > judged["champion_validation_number_accuracy"])
+    assert (now == refused["version"]) == judged["promoted"]
+
+    # the reliability table behind `cifras calibrate`
+    from tasks.model_tasks import validation_set_for, vs_template_and_options
+    from tasks.tracking import load_keras_model, resolve_model
+    from tasks.validation import recommend_threshold, reliability
+
+    vs = validation_set_for(load_settings())
+    tpl, opt = vs_template_and_options(load_settings())
+    rows = reliability(vs, load_keras_model(resolve_model(client, "models:/digit-cnn@champion")),
+                       tpl, opt, (0.0, 0.5, 0.9, 0.999))
+    shares = [r["ok_share"] for r in rows]
+    assert shares == sorted(shares, reverse=True) and shares[0] > shares[-1]
+    assert len({r["number_accuracy"] for r in rows}) == 1  # the threshold only changes statuses
+    rec = recommend_threshold(rows, 0.0)
+    assert rec is not None and rec["ok_threshold"] == 0.0
+
+
+@pytest.mark.slow
+def test_harvest_labels_digits_only_where_the_count_matches(use_registry, mnist_sample, tmp_path):
+    import cv2
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    x, y = mnist_sample
+    rows = ["file,label"]
+    for i in range(20):  # two MNIST digits side by side in a ruled cell
+        cell = np.full((80, 150), 235, np.uint8)
+        for j, k in enumerate((2 * i, 2 * i + 1)):
+            cell[20:60, 30 + 45 * j : 70 + 45 * j] = np.minimum(
+                cell[20:60, 30 + 45 * j : 70 + 45 * j], cv2.resize(255 - x[k], (40, 40)))
+        cv2.imwrite(str(tmp_path / f"{i}.png"), cell)
+        label = int(f"{y[2 * i]}{y[2 * i + 1]}") if y[2 * i] else 100 + int(y[2 * i + 1])
+        rows.append(f"{i}.png,{label if i % 5 else 123}")  # every fifth label has 3 digits
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = CliRunner().invoke(app, ["harvest-cells", "--images", str(tmp_path), "--labels",
+                                   str(tmp_path / "labels.csv"), "--out", (tmp_path / "shard").as_uri(),
+                                   "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["cells"] == 20 and report["used"] + report["skipped"] == 20
+    assert report["used"] >= 10 and report["skipped"] >= 4  # the 3-digit labels cannot match
+    weak, _ = load_shards([(tmp_path / "shard").as_uri()], None)
+    assert len(weak) == report["digits"] == 2 * report["used"]
+    assert len(set(weak.scan)) == report["used"]  # each digit names the image it came from
+    truth = {f"{y[2 * i]}{y[2 * i + 1]}" for i in range(20)}
+    pairs = {"".join(str(d) for d in weak.y[weak.scan == h]) for h in set(weak.scan)}
+    assert pairs <= truth  # labels come from the CSV, in reading order
