@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from tasks import tracking
-from tasks.inference import predict_proba
+from tasks.inference import OnnxModel, backend_of, export_onnx, predict_proba
 from tasks.model import to_model_input
 from tasks.settings import load_settings
 
@@ -22,61 +22,101 @@ def _rate(n: int, seconds: float) -> float:
     return round(n / seconds, 1) if seconds > 0 else float("inf")
 
 
-def inference_backends(model, x: np.ndarray, batch: int = 1024) -> dict[str, dict]:
-    """Keras predict, a direct call, and ONNX Runtime on the same inputs."""
-    import keras
+def inference_backends(model, x: np.ndarray, batch: int = 1024, onnx_model=None,
+                       pipeline_model=None, reps: int = 5) -> dict[str, dict]:
+    """Keras predict, a direct call, ONNX Runtime and the pipeline's own path on the same
+    inputs; each with its argmax agreement with Keras predict. `onnx_model` is the export
+    logged in MLflow; without one the Keras model is exported here.
 
+    Throughput is the best of `reps` passes over `x`, the backends taking turns pass by pass,
+    so that the load of a shared machine falls on all of them alike."""
     out: dict[str, dict] = {}
-    one = x[:1]
-
-    def timed(fn, reps: int = 3) -> tuple[float, np.ndarray]:
+    fns = {"keras_predict": lambda a: model.predict(a, batch_size=batch, verbose=0),
+           "keras_direct": lambda a: predict_proba(model, a, batch)}
+    try:
+        if onnx_model is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = str(Path(tmp) / "model.onnx")
+                export_onnx(model, path)
+                onnx_model = OnnxModel(Path(path).read_bytes())
+        fns["onnxruntime"] = lambda a: predict_proba(onnx_model, a, batch)
+    except Exception as exc:  # onnxruntime not installed, or export unsupported
+        out["onnxruntime"] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    if pipeline_model is not None:
+        pipeline_batch = load_settings().read.batch_size
+        fns["pipeline"] = lambda a: predict_proba(pipeline_model, a, pipeline_batch)
+    best = dict.fromkeys(fns, float("inf"))
+    probs: dict[str, np.ndarray] = {}
+    for fn in fns.values():
         fn(x[:batch])  # warm up
-        best, result = float("inf"), None
-        for _ in range(reps):
+    for _ in range(reps):
+        for name, fn in fns.items():
             t0 = time.perf_counter()
-            result = fn(x)
-            best = min(best, time.perf_counter() - t0)
-        return best, result
+            probs[name] = fn(x)
+            best[name] = min(best[name], time.perf_counter() - t0)
 
-    def latency(fn, reps: int = 50) -> float:
+    def latency(fn, n: int) -> float:
+        one = x[:1]
         fn(one)
         t0 = time.perf_counter()
-        for _ in range(reps):
+        for _ in range(n):
             fn(one)
-        return (time.perf_counter() - t0) / reps * 1000
+        return (time.perf_counter() - t0) / n * 1000
 
-    predict = lambda a: model.predict(a, batch_size=batch, verbose=0)  # noqa: E731
-    direct = lambda a: predict_proba(model, a, batch)  # noqa: E731
-    t_pred, p_pred = timed(predict)
-    t_dir, p_dir = timed(direct)
-    out["keras_predict"] = {"digits_per_s": _rate(len(x), t_pred),
-                            "latency_ms": round(latency(predict, 10), 2)}
-    out["keras_direct"] = {"digits_per_s": _rate(len(x), t_dir), "latency_ms": round(latency(direct), 2),
-                           "same_argmax": bool((p_dir.argmax(1) == p_pred.argmax(1)).all())}
-    try:
-        import onnxruntime as ort
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = str(Path(tmp) / "model.onnx")
-            model.export(path, format="onnx", verbose=False)
-            sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-
-        def onnx(a: np.ndarray) -> np.ndarray:
-            return np.concatenate([sess.run(None, {name: a[i : i + batch]})[0]
-                                   for i in range(0, len(a), batch)])
-
-        t_onnx, p_onnx = timed(onnx)
-        out["onnxruntime"] = {"digits_per_s": _rate(len(x), t_onnx), "latency_ms": round(latency(onnx), 3),
-                              "same_argmax": bool((p_onnx.argmax(1) == p_pred.argmax(1)).all())}
-    except Exception as exc:  # onnx extras not installed, or export unsupported
-        out["onnxruntime"] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
-    del keras
+    reference = probs["keras_predict"].argmax(1)
+    for name, fn in fns.items():
+        out[name] = {"digits_per_s": _rate(len(x), best[name]),
+                     "latency_ms": round(latency(fn, 10 if name == "keras_predict" else 50), 3),
+                     "same_argmax": bool((probs[name].argmax(1) == reference).all())}
+    if "pipeline" in out:
+        out["pipeline"]["backend"] = backend_of(pipeline_model)
+        out["pipeline"]["over_keras_predict"] = round(
+            out["pipeline"]["digits_per_s"] / out["keras_predict"]["digits_per_s"], 2)
     return out
 
 
-def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None) -> dict:
-    """Generate `count` telegrams (once), time decoding alone, then a full forced ingest."""
+def tesseract_baseline(db_url: str, run_id: str, files: list[Path], cells: int = 600) -> dict:
+    """Tesseract and cifras on the same cell crops (the pipeline's own crops of the first scans,
+    prepared again by the same pure function) with the official labels."""
+    from tasks import tesseract
+    from tasks.ingest_tasks import read_options
+    from tasks.persist import run_cells
+    from tasks.read import prepare_scan
+    from tasks.scoring import effective_value
+    from tasks.storage import content_hash
+    from tasks.template import load_template
+
+    if tesseract.tesseract_binary() is None:
+        return {"error": "tesseract not installed (apt-get install tesseract-ocr)"}
+    settings = load_settings()
+    template = load_template(settings.template)
+    by_cell = {(uri, cell): (label, value, status)
+               for cell, label, _digits, value, status, uri in run_cells(db_url, run_id) if label is not None}
+    crops, labels, ours = [], [], []
+    for f in files:
+        if len(crops) >= cells:
+            break
+        data = f.read_bytes()
+        uri = f.resolve().as_uri()
+        prep = prepare_scan(data, uri, content_hash(data), template, read_options(settings))
+        for cell_id, crop in prep.crops.items():
+            if (uri, cell_id) in by_cell:
+                label, value, status = by_cell[(uri, cell_id)]
+                crops.append(crop)
+                labels.append(label)
+                ours.append(effective_value(value, status) == label)
+    t0 = time.perf_counter()
+    values = tesseract.read_cells(crops)
+    t = time.perf_counter() - t0
+    return {"cells": len(crops), "number_accuracy": tesseract.number_accuracy(values, labels),
+            "cells_per_s": _rate(len(crops), t), "processes": 2, "args": " ".join(tesseract.ARGS),
+            "cifras_number_accuracy": float(np.mean(ours)) if ours else None}
+
+
+def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None,
+              baselines: bool = True) -> dict:
+    """Generate `count` telegrams (once), time decoding alone, then a full forced ingest; then
+    (with `baselines`) the inference backends and Tesseract on the same machine."""
     import os
 
     from flows.generate import generate_flow
@@ -90,7 +130,12 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None) 
     scans = base / "scans"
     if len(list(scans.glob("*.jpg"))) < count:
         generate_flow(count=count, seed=seed)
-    files = sorted(scans.glob("*.jpg"))[:count]
+    files = sorted(scans.glob("*.jpg"))
+    if len(files) != count:
+        raise ValueError(f"{scans} holds {len(files)} scans, not {count}: ingest reads them all; "
+                         f"use another --data-dir")
+    _warm_up()  # start the (temporary) Prefect API outside the timed run, as a server would be
+    rss_before = _peak_rss_mb()
     t0 = time.perf_counter()
     for f in files:
         cv2.imdecode(np.frombuffer(f.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
@@ -98,21 +143,24 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None) 
     t0 = time.perf_counter()
     summary = ingest_flow(force=True)
     wall = time.perf_counter() - t0
+    peak_rss = _peak_rss_mb()  # before the baselines below load anything else
     from sqlalchemy import select
 
     from tasks.db import Reading, Run, session_scope
 
-    with session_scope(load_settings().db_url) as s:
+    settings = load_settings()
+    with session_scope(settings.db_url) as s:
         metrics = s.get(Run, summary["run_id"]).metrics
         read = s.scalars(select(Reading.digits).where(Reading.run_id == summary["run_id"])).all()
     stages = {k[6:-2]: round(v, 2) for k, v in metrics.items() if k.startswith("stage_")}
     digits = sum(len(d) for d in read if d.isdigit())
-    mnist = load_mnist(settings.mnist_path, settings.mnist_download_url, settings.mnist_sha256,
-                       settings.data_dir / "keras")
-    client = tracking.configure_mlflow(settings)
-    model = tracking.load_keras_model(tracking.resolve_model(client, settings.evaluate.model_uri))
-    inference = inference_backends(model, to_model_input(mnist.test.x))
-    return {
+    del read
+    prepare_wall = stages.pop("wall_prepare", None)
+    # Stages overlap (scans in threads, the next chunk read while this one is stored), so the
+    # work is the wall time during which any stage ran (`busy_s`, a union of spans), and
+    # orchestration is what is left of the flow's wall time.
+    work = metrics.get("busy_s") or sum(stages.values())
+    out = {
         "telegrams": len(files),
         "telegrams_per_s": _rate(len(files), wall),
         "digits_per_s": _rate(digits, wall) if digits else None,
@@ -120,23 +168,65 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None) 
         "wall_s": round(wall, 2),
         "wall_over_decode": round(wall / decode_only, 2),
         "stage_s": stages,
-        "orchestration_overhead": round(max(0.0, wall - sum(stages.values())) / wall, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "inference": inference,
+        "prepare_wall_s": round(prepare_wall, 2) if prepare_wall is not None else None,
+        "prepare_threads": settings.read.threads,
+        "work_s": round(work, 2),
+        "orchestration_overhead": round(max(0.0, wall - work) / wall, 3),
+        "peak_rss_mb": peak_rss,
+        "rss_before_ingest_mb": rss_before,
+        "digit_accuracy": summary.get("digit_accuracy"),
+        "number_accuracy": summary.get("number_accuracy"),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
         "data_dir": str(base),
     }
+    if baselines:
+        mnist = load_mnist(settings.mnist_path, settings.mnist_download_url, settings.mnist_sha256,
+                           settings.data_dir / "keras")
+        client = tracking.configure_mlflow(settings)
+        ref = tracking.resolve_model(client, settings.evaluate.model_uri)
+        model = tracking.load_keras_model(ref)
+        export = tracking.onnx_export(ref)
+        onnx_model = tracking.load_reader_model(ref, "onnx") if export is not None else None
+        pipeline_model = tracking.load_reader_model(ref, settings.read.inference)
+        out["inference"] = inference_backends(model, to_model_input(mnist.test.x), onnx_model=onnx_model,
+                                              pipeline_model=pipeline_model)
+        out["inference"]["onnxruntime"]["source"] = "mlflow" if export is not None else "exported by bench"
+        out["tesseract"] = tesseract_baseline(settings.db_url, summary["run_id"], files)
+        out["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    return out
+
+
+def _warm_up() -> None:
+    from prefect import flow
+
+    @flow(name="bench-warm-up")
+    def warm_up() -> None:
+        return None
+
+    warm_up()
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def render(r: dict) -> str:
+    """The benchmark as a plain table: end to end, stages, inference backends, Tesseract."""
     lines = [f"{'telegrams':<26}{r['telegrams']}",
              f"{'telegrams/s':<26}{r['telegrams_per_s']}",
              f"{'digits/s':<26}{r['digits_per_s']}",
              f"{'decode only (s)':<26}{r['decode_only_s']}",
              f"{'wall (s)':<26}{r['wall_s']}  ({r['wall_over_decode']}x decode)",
              f"{'orchestration overhead':<26}{r['orchestration_overhead']:.1%}",
-             f"{'peak RSS (MB)':<26}{r['peak_rss_mb']}", "", "stage seconds:"]
+             f"{'peak RSS (MB)':<26}{r['peak_rss_mb']}",
+             f"{'digit / number accuracy':<26}{r['digit_accuracy']} / {r['number_accuracy']}",
+             f"{'load average':<26}{r['load_average']}", "",
+             f"stage seconds (summed over threads; {r['prepare_threads']} threads prepare scans, "
+             f"busy {r['work_s']} s of wall):"]
     lines += [f"  {k:<24}{v}" for k, v in sorted(r["stage_s"].items(), key=lambda kv: -kv[1])]
-    lines += ["", "inference (MNIST test, 10,000 digits):"]
-    for k, v in r["inference"].items():
-        lines.append(f"  {k:<24}{v}")
+    if "inference" in r:
+        lines += ["", "inference (MNIST test, 10,000 digits):"]
+        lines += [f"  {k:<24}{v}" for k, v in r["inference"].items()]
+    if "tesseract" in r:
+        lines += ["", "Tesseract on the same cells:", f"  {r['tesseract']}"]
     return "\n".join(lines)

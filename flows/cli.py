@@ -272,16 +272,29 @@ def backfill(
     _run(lambda: backfill_flow(lo, hi, force=force, model=model, source=source), as_json)
 
 
+@app.command("export-onnx")
+def export_onnx_cmd(
+    model: str = typer.Option(None, help="MLflow model URI (default models:/digit-cnn@champion)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Give an existing version its verified ONNX export (new versions get one when trained)."""
+    from flows.train import attach_onnx_flow
+
+    _run(lambda: attach_onnx_flow(model=model), as_json)
+
+
 @app.command()
 def bench(
     count: int = typer.Option(1000, help="Generated telegrams to read end to end."),
     data_dir: str = typer.Option(None, help="Where to keep the generated scans between runs."),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines",
+                                   help="--no-baselines: end to end only (e.g. a memory run)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
-    """End-to-end and inference benchmark on this machine (table, or JSON)."""
+    """End-to-end, inference and Tesseract benchmark on this machine (table, or JSON)."""
     from flows.bench import render, run_bench
 
-    _run(lambda: run_bench(count=count, data_dir=data_dir), as_json, render)
+    _run(lambda: run_bench(count=count, data_dir=data_dir, baselines=baselines), as_json, render)
 
 
 @app.command("fine-tune")

@@ -22,6 +22,7 @@ from tasks.model_tasks import (
     load_model_task,
     log_evaluation_task,
     log_model_task,
+    log_onnx_task,
     predict_task,
     register_task,
     score_task,
@@ -99,8 +100,9 @@ def fine_tune_flow(shards: list[str], model: str | None = None, epochs: int | No
                                               "train_wall_s": time.perf_counter() - started})
         comparison = judge_task(client, settings, tuned, metrics, run_id)
         model_uri = log_model_task(tuned, run_id, to_model_input(mnist.test.x[:2]))
+        onnx_tags = log_onnx_task(tuned, client, run_id, to_model_input(mnist.test.x), probs)
         registry = register_task(client, settings, model_uri, run_id, metrics["accuracy"],
-                                 tags={"fine_tuned_from": ref.label}, promote=promote,
+                                 tags={"fine_tuned_from": ref.label, **onnx_tags}, promote=promote,
                                  decision=comparison["decision"])
     return {
         "run_id": run_id, "base": ref.label, "weak_digits": len(kept),

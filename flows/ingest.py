@@ -5,9 +5,11 @@ score the readings, and track the run in MLflow and in the Prefect UI.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime
@@ -24,19 +26,20 @@ from prefect.states import Failed
 from tasks import tracking
 from tasks.db import migrate
 from tasks.errors import CifrasError
-from tasks.exports import gallery_png, parquet_bytes
+from tasks.exports import ReadingsParquet, gallery_png
 from tasks.ingest_tasks import (
+    busy_seconds,
     discover_task,
     persist_chunk_task,
     read_chunk_task,
     resolve_model_task,
 )
 from tasks.metrics import save_confusion_png
-from tasks.persist import finish_run, known_scans, run_cells, scan_status_counts, start_run
+from tasks.persist import finish_run, iter_run_cells, known_scans, scan_status_counts, start_run
 from tasks.prefect_utils import IO_RETRIES, run_logger
-from tasks.scoring import Scored, score_cells
+from tasks.scoring import ScoreAccumulator, Scored
 from tasks.settings import DaskSettings, Settings, load_settings
-from tasks.storage import check_within, join, write_bytes
+from tasks.storage import check_within, join, write_file
 
 SUMMARY_KEYS = ("scans", "read", "unreadable", "unaligned", "cells", "cells_scored", "digit_accuracy",
                 "digit_precision_macro", "digit_recall_macro", "digit_f1_macro", "number_accuracy",
@@ -44,31 +47,41 @@ SUMMARY_KEYS = ("scans", "read", "unreadable", "unaligned", "cells", "cells_scor
 
 
 @task(name="score-run", **IO_RETRIES)  # reads the database: retried like any I/O
-def score_task(db_url: str, run_id: str) -> tuple[dict, list[dict]]:
-    rows = run_cells(db_url, run_id)
-    scored = [Scored(cell, label, value, digits, status)
-              for cell, label, digits, value, status, _ in rows if label is not None]
-    metrics = score_cells(scored)
-    metrics["cells"] = len(rows)
-    metrics["cell_status_counts"] = {}
-    for *_, status, _uri in rows:
-        metrics["cell_status_counts"][status] = metrics["cell_status_counts"].get(status, 0) + 1
-    table = [{"cell_id": c, "label": lab, "digits": d, "value": v, "status": st, "scan_uri": u}
-             for c, lab, d, v, st, u in rows]
-    return metrics, table
+def score_task(db_url: str, run_id: str, parquet_path: str) -> dict:
+    """Score the run and write its readings to a local Parquet file, streaming both from the
+    database in batches (memory stays flat however large the run)."""
+    acc = ScoreAccumulator()
+    status_counts: dict[str, int] = {}
+    cells = 0
+    export = ReadingsParquet(parquet_path)
+    try:
+        for rows in iter_run_cells(db_url, run_id):
+            acc.add([Scored(cell, label, value, digits, status)
+                     for cell, label, digits, value, status, _ in rows if label is not None])
+            for *_, status, _uri in rows:
+                status_counts[status] = status_counts.get(status, 0) + 1
+            cells += len(rows)
+            export.write(rows)
+    finally:
+        export.close()
+    metrics = acc.result()
+    metrics["cells"] = cells
+    metrics["cell_status_counts"] = status_counts
+    return metrics
 
 
 @task(name="export-run", **IO_RETRIES)
-def export_run_task(settings: Settings, parquet: bytes, run_id: str) -> str:
-    """The run's readings as Parquet in the exports storage."""
+def export_run_task(settings: Settings, parquet_path: str, run_id: str) -> str:
+    """The run's readings as Parquet in the exports storage (copied from a local file in a
+    stream: a large run's export is never held in memory)."""
     parquet_uri = join(settings.exports_uri, "runs", run_id, "readings.parquet")
-    write_bytes(parquet_uri, parquet, settings)
+    write_file(parquet_uri, parquet_path, settings)
     return parquet_uri
 
 
 @task(name="log-run", **IO_RETRIES)
 def log_run_task(settings: Settings, mlflow_run_id: str, params: dict, metrics: dict,
-                 parquet: bytes, misread: list) -> None:
+                 parquet_path: str, misread: list) -> None:
     """Metrics, confusion matrix, misread gallery and the Parquet export, to MLflow."""
     client = tracking.configure_mlflow(settings)
     tracking.log_params(client, mlflow_run_id, params)
@@ -76,9 +89,9 @@ def log_run_task(settings: Settings, mlflow_run_id: str, params: dict, metrics: 
     scalars.update({f"number_accuracy_len{k}": v for k, v in metrics["number_accuracy_by_length"].items()})
     scalars.update({f"cells_{k}": v for k, v in metrics["cell_status_counts"].items()})
     tracking.log_metrics(client, mlflow_run_id, scalars)
+    client.log_artifact(mlflow_run_id, parquet_path)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "readings.parquet").write_bytes(parquet)
         save_confusion_png(metrics["confusion_matrix"], folder / "digit_confusion_matrix.png",
                            "telegram digits")
         gallery = gallery_png(misread)
@@ -95,7 +108,7 @@ def _chunks(items: list, size: int) -> list[list]:
 
 class _WorkerSetup(WorkerPlugin):
     """Runs on each Dask worker before its first chunk. Points MLflow at this run's store, so that
-    `load_keras_model` loads the pinned version there (once per worker process, then cached).
+    `load_reader_model` loads the pinned version there (once per worker process, then cached).
     Keeps OpenCV to one thread per task, as Dask does for OpenMP and BLAS: the workers are the
     parallelism. And undoes the MALLOC_TRIM_THRESHOLD_=65536 that Dask's nanny gives workers:
     it turns off glibc's adaptive mmap threshold, so every large image temporary is mapped and
@@ -119,12 +132,13 @@ class _WorkerSetup(WorkerPlugin):
 
 @contextmanager
 def _chunk_states(chunks: list[list], read_args: dict, dask: DaskSettings) -> Iterator[Iterator[State]]:
-    """The final state of `read-chunk` for each chunk, in order. By default each chunk is read
-    here when the caller asks for it; with `dask` configured all chunks are submitted at once to
-    a Dask cluster (a running scheduler, or a LocalCluster for this run). Either way the caller
-    persists each chunk as soon as its state is known, so a failed chunk loses only itself."""
+    """The final state of `read-chunk` for each chunk, in order. By default chunks are read in
+    this process, one ahead of the caller (`_lookahead`); with `dask` configured all chunks are
+    submitted at once to a Dask cluster (a running scheduler, or a LocalCluster for this run).
+    Either way the caller persists each chunk as soon as its state is known, so a failed chunk
+    loses only itself."""
     if not dask.enabled:
-        yield (read_chunk_task(refs=chunk, **read_args, return_state=True) for chunk in chunks)
+        yield _lookahead(chunks, read_args)
         return
     from prefect_dask import DaskTaskRunner
 
@@ -135,13 +149,32 @@ def _chunk_states(chunks: list[list], read_args: dict, dask: DaskSettings) -> It
         runner.client.register_plugin(_WorkerSetup(read_args["settings"]), name="cifras-setup")
         futures = [runner.submit(read_chunk_task, {"refs": chunk, **read_args}) for chunk in chunks]
 
-        def settle(future) -> State:
-            future.wait()
-            state = future.state
-            # a lost worker leaves no final state: count the chunk as failed, keep the others
-            return state if state.is_completed() else Failed(message=f"read-chunk ended {state.name}")
+        yield (_settle(f) for f in futures)
 
-        yield (settle(f) for f in futures)
+
+def _settle(future) -> State:
+    future.wait()
+    state = future.state
+    # a lost worker leaves no final state: count the chunk as failed, keep the others
+    return state if state.is_completed() else Failed(message=f"read-chunk ended {state.name}")
+
+
+def _lookahead(chunks: list[list], read_args: dict) -> Iterator[State]:
+    """Chunk states in order, reading the next chunk in a task-runner thread while the caller
+    persists this one: reading (2 threads), inference and the database writes overlap instead
+    of taking turns. At most two chunks are in flight, so memory does not grow with the run."""
+    pending: deque = deque()
+    upcoming = iter(chunks)
+
+    def submit_next() -> None:
+        chunk = next(upcoming, None)
+        if chunk is not None:
+            pending.append(read_chunk_task.submit(refs=chunk, **read_args))
+
+    submit_next()
+    while pending:
+        submit_next()
+        yield _settle(pending.popleft())
 
 
 def read_scans(flow_name: str, source: str | None, model: str | None, force: bool,
@@ -176,7 +209,8 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
     params = {"flow": flow_name, "source": source, "model_uri": model_ref.uri,
               "model_version": model_ref.label, "template": template, "force": force,
               "since": since, "until": until, "ok_threshold": settings.read.ok_threshold,
-              "reframe": settings.read.reframe, "chunk_size": settings.read.chunk_size}
+              "reframe": settings.read.reframe, "chunk_size": settings.read.chunk_size,
+              "inference": settings.read.inference, "threads": settings.read.threads}
     start_run(db_url, run_id, flow_name, model_ref.label, template,
               {k: str(v) for k, v in params.items()})
     client = tracking.configure_mlflow(settings)
@@ -202,6 +236,7 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
             timings: dict[str, float] = {}
             misread: list = []
             failed_chunks, duplicates = 0, 0
+            spans: list[tuple[float, float]] = []
             chunks = _chunks(refs, settings.read.chunk_size)
             read_args = {"settings": settings, "model_ref": model_ref, "template_name": template,
                          "known_hashes": hashes, "force": force}
@@ -216,14 +251,20 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
                     duplicates += result.duplicates
                     for k, v in result.timings.items():
                         timings[k] = timings.get(k, 0.0) + v
-                    bad, shard_counts, t_persist = persist_chunk_task(
+                    bad, shard_counts, t_persist, span = persist_chunk_task(
                         result, chunk, settings, db_url, run_id, model_ref.label, template, no)
+                    spans += [result.span, span]
                     timings["persist"] = timings.get("persist", 0.0) + t_persist
                     misread.extend(bad[: max(0, 48 - len(misread))])
                     for k, v in shard_counts.items():
                         counts[k] += v
                     log.info("chunk %d/%d: %d scans read", no + 1, len(chunks), len(result.readings))
-            metrics, table = score_task(db_url, run_id)
+            t_score, e_score = time.perf_counter(), time.time()
+            export_dir = tempfile.mkdtemp(prefix="cifras-export-")
+            parquet_path = str(Path(export_dir) / "readings.parquet")
+            metrics = score_task(db_url, run_id, parquet_path)
+            timings["score"] = time.perf_counter() - t_score
+            spans.append((e_score, time.time()))
             metrics.update({
                 "scans": len(refs), "skipped_known": skipped,
                 "duplicates": duplicates, "failed_chunks": failed_chunks,
@@ -232,14 +273,21 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
                 **{f"stage_{k}_s": v for k, v in timings.items()},
             })
             metrics.update(scan_status_counts(db_url, run_id))
-            parquet = parquet_bytes(table)
-            metrics["parquet_uri"] = export_run_task(settings, parquet, run_id)
-            if mlflow_run_id is not None:
-                logged = log_run_task(settings, mlflow_run_id, params, metrics, parquet, misread,
-                                      return_state=True)
-                if logged.is_failed():
-                    warn(f"MLflow logging failed, metrics stay in the results database: "
-                         f"{str(logged.message)[:200]}")
+            t_report, e_report = time.perf_counter(), time.time()
+            try:
+                metrics["parquet_uri"] = export_run_task(settings, parquet_path, run_id)
+                if mlflow_run_id is not None:
+                    logged = log_run_task(settings, mlflow_run_id, params, metrics, parquet_path,
+                                          misread, return_state=True)
+                    if logged.is_failed():
+                        warn(f"MLflow logging failed, metrics stay in the results database: "
+                             f"{str(logged.message)[:200]}")
+            finally:
+                shutil.rmtree(export_dir, ignore_errors=True)
+            metrics["stage_report_s"] = time.perf_counter() - t_report
+            spans.append((e_report, time.time()))
+            # wall time during which some stage worked (stages overlap across chunks)
+            metrics["busy_s"] = busy_seconds(spans)
             metrics["warnings"] = warnings
             status = "completed" if failed_chunks == 0 else "partial"
             report = _report(flow_name, run_id, mlflow_run_id, model_ref.label, metrics, settings)

@@ -19,7 +19,7 @@ def read_telegrams(scans: list[str], template: str | None, model: str | None) ->
     tpl = load_template(template or settings.template)
     client = tracking.configure_mlflow(settings)
     ref = tracking.resolve_model(client, model or settings.evaluate.model_uri)
-    keras_model = tracking.load_keras_model(ref)
+    reader = tracking.load_reader_model(ref, settings.read.inference)  # as the ingest reads
     opt = read_options(settings)
     prepared = []
     for uri in scans:
@@ -28,7 +28,7 @@ def read_telegrams(scans: list[str], template: str | None, model: str | None) ->
         except (FileNotFoundError, IsADirectoryError) as exc:
             raise CifrasError(f"scan {uri} not found") from exc
         prepared.extend(prepare_pages(data, uri, content_hash(data), tpl, opt))
-    readings, _ = infer_and_compose(prepared, tpl, keras_model, opt)
+    readings, _ = infer_and_compose(prepared, tpl, reader, opt)
     out = []
     for r in readings:
         out.append({

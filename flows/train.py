@@ -12,10 +12,13 @@ from tasks.model import to_model_input
 from tasks.model_tasks import (
     MNIST_METRIC,
     architecture_params,
+    attach_onnx_task,
     judge_task,
     load_mnist_task,
+    load_model_task,
     log_evaluation_task,
     log_model_task,
+    log_onnx_task,
     predict_task,
     register_task,
     score_task,
@@ -69,8 +72,9 @@ def train_flow(
         tracking.log_metrics(client, run_id, {MNIST_METRIC: metrics["accuracy"], "train_wall_s": wall})
         comparison = judge_task(client, settings, model, metrics, run_id)
         model_uri = log_model_task(model, run_id, to_model_input(mnist.test.x[:2]))
+        onnx_tags = log_onnx_task(model, client, run_id, to_model_input(mnist.test.x), probs)
         registry = register_task(client, settings, model_uri, run_id, metrics["accuracy"],
-                                 tags={"augment": augment_name}, promote=promote,
+                                 tags={"augment": augment_name, **onnx_tags}, promote=promote,
                                  decision=comparison["decision"])
     return {
         "run_id": run_id,
@@ -78,5 +82,18 @@ def train_flow(
                        ("n", "accuracy", "precision_macro", "recall_macro", "f1_macro")},
         "wall_s": round(wall, 1),
         "augment": augment_name,
+        "onnx_verified": onnx_tags.get("onnx_verified") == "true",
         **registry,
     }
+
+
+@flow(name="attach-onnx", log_prints=True)
+def attach_onnx_flow(model: str | None = None) -> dict:
+    """Export, verify and log ONNX for an existing version (one registered before exports), so
+    that readers can use ONNX Runtime without retraining."""
+    settings = load_settings()
+    client = tracking.configure_mlflow(settings)
+    mnist = load_mnist_task(settings)
+    ref, keras_model = load_model_task(client, model or settings.evaluate.model_uri)
+    tags = attach_onnx_task(client, ref, keras_model, to_model_input(mnist.test.x))
+    return {"model": ref.label, **tags}

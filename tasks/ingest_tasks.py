@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ from prefect import task
 
 from tasks import tracking
 from tasks.exports import Misread, collect, shard_payloads
+from tasks.inference import backend_of
 from tasks.persist import known_scans, persist_chunk
 from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
 from tasks.read import PreparedScan, ReadOptions, ScanReading, infer_and_compose, prepare_pages
@@ -33,12 +35,25 @@ class ObjectRef:
     refused: str | None = None  # why this object is not read (its name or where it points)
 
 
+def busy_seconds(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of time spans: the wall time during which some stage was working.
+    Flow wall time minus this is what orchestration (and nothing else) cost."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
 @dataclass
 class ChunkResult:
     readings: list[ScanReading]
     timings: dict[str, float]
     duplicates: int = 0
     vanished: list[str] = field(default_factory=list)
+    span: tuple[float, float] = (0.0, 0.0)  # epoch seconds the task body ran (for busy time)
 
 
 def read_options(settings: Settings) -> ReadOptions:
@@ -110,47 +125,65 @@ def discover_task(settings: Settings, source: str, model_version: str, since: da
 @task(name="read-chunk", retries=2, retry_delay_seconds=[2, 8], cache_policy=COMPUTE["cache_policy"])
 def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracking.ModelRef,
                     template_name: str, known_hashes: set[str], force: bool) -> ChunkResult:
-    """Fetch, decode, register, crop, segment and reframe a chunk; one batched inference.
+    """Fetch, decode, register, crop, segment and reframe a chunk (`read.threads` scans at a
+    time); then one batched inference with the reader model (ONNX or Keras).
 
     Storage errors propagate so the task retries (a flaky S3 must not turn into "unreadable"
     verdicts); a scan's own problems become its status and reason.
     """
+    started = time.time()
     template = load_template(template_name)
     opt = read_options(settings)
-    model = tracking.load_keras_model(model_ref)
-    prepared, t_fetch, dup, vanished = [], 0.0, 0, []
-    totals: dict[str, float] = {}
-    for ref in refs:
+    model = tracking.load_reader_model(model_ref, settings.read.inference)
+
+    def fetch_and_prepare(ref: ObjectRef) -> tuple[str, list[PreparedScan], float]:
         if ref.refused:  # recorded, never opened; keyed by its name, as it has no content
-            prepared.append(PreparedScan(ref.uri, content_hash(f"refused:{ref.uri}".encode()),
-                                         "unreadable", f"refused: {ref.refused}"))
-            continue
+            return "read", [PreparedScan(ref.uri, content_hash(f"refused:{ref.uri}".encode()),
+                                         "unreadable", f"refused: {ref.refused}")], 0.0
         t0 = time.perf_counter()
         fs, path = filesystem(ref.uri, settings)
         try:
             data = fs.cat_file(path)
         except FileNotFoundError:
-            vanished.append(ref.uri)  # deleted since listing: nothing to read, nothing lost
-            continue
-        t_fetch += time.perf_counter() - t0
+            return "vanished", [], 0.0  # deleted since listing: nothing to read, nothing lost
+        t_fetch = time.perf_counter() - t0
         digest = content_hash(data)
         if not force and digest in known_hashes:
+            return "duplicate", [], t_fetch
+        return "read", list(prepare_pages(data, ref.uri, digest, template, opt)), t_fetch  # one per page
+
+    t0 = time.perf_counter()
+    threads = min(settings.read.threads, len(refs))
+    if threads > 1:
+        with ThreadPoolExecutor(threads, thread_name_prefix="prepare") as pool:
+            outcomes = list(pool.map(fetch_and_prepare, refs))
+    else:
+        outcomes = [fetch_and_prepare(ref) for ref in refs]
+    # stage times below are summed over threads; this is the wall time they overlapped in
+    totals: dict[str, float] = {"wall_prepare": time.perf_counter() - t0, "fetch": 0.0}
+    prepared, dup, vanished = [], 0, []
+    for ref, (outcome, pages, t_fetch) in zip(refs, outcomes, strict=True):
+        totals["fetch"] += t_fetch
+        if outcome == "vanished":
+            vanished.append(ref.uri)
+        elif outcome == "duplicate":
             dup += 1
-            continue
-        for p in prepare_pages(data, ref.uri, digest, template, opt):  # one per page
+        for p in pages:
             for k, v in p.timings.items():
                 totals[k] = totals.get(k, 0.0) + v
             prepared.append(p)
     readings, t_model = infer_and_compose(prepared, template, model, opt)
-    totals.update({"fetch": t_fetch, **t_model})
-    return ChunkResult(readings, totals, dup, vanished)
+    totals.update(t_model)
+    return ChunkResult(readings, totals, dup, vanished, (started, time.time()))
 
 
 @task(name="persist-chunk", **IO_RETRIES)
 def persist_chunk_task(result: ChunkResult, refs: list[ObjectRef], settings: Settings, db_url: str,
                        run_id: str, model_version: str, template_name: str, chunk_no: int
-                       ) -> tuple[list[Misread], dict[str, int], float]:
-    """Readings to the database (one transaction) and the chunk's dataset shards to storage."""
+                       ) -> tuple[list[Misread], dict[str, int], float, tuple[float, float]]:
+    """Readings to the database (one transaction) and the chunk's dataset shards to storage.
+    Returns the misread examples, counts, seconds spent and the epoch span of the work."""
+    started = time.time()
     t0 = time.perf_counter()
     listing = {r.uri: {"size": r.size, "etag": r.etag, "modified": r.modified} for r in refs}
     labels = persist_chunk(db_url, result.readings, run_id, model_version, template_name, listing)
@@ -159,13 +192,14 @@ def persist_chunk_task(result: ChunkResult, refs: list[ObjectRef], settings: Set
         write_bytes(join(settings.exports_uri, "datasets", run_id, name, f"chunk-{chunk_no:05d}.npz"),
                     payload, settings)
     counts = {"numbers": len(shards.numbers_y), "digits": len(shards.digits_y)}
-    return shards.misread, counts, time.perf_counter() - t0
+    return shards.misread, counts, time.perf_counter() - t0, (started, time.time())
 
 
 @task(name="load-model", **IO_RETRIES)
 def resolve_model_task(settings: Settings, uri: str) -> tracking.ModelRef:
     client = tracking.configure_mlflow(settings)
     ref = tracking.resolve_model(client, uri)
-    tracking.load_keras_model(ref)  # fail early, and warm this worker's cache
-    run_logger().info("reading with %s (%s)", ref.label, uri)
+    model = tracking.load_reader_model(ref, settings.read.inference)  # fail early, warm the cache
+    run_logger().info("reading with %s (%s) on %s", ref.label, uri,
+                      "ONNX Runtime" if backend_of(model) == "onnx" else "Keras")
     return ref

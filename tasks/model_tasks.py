@@ -16,7 +16,7 @@ from prefect import task
 from tasks import tracking
 from tasks.augment import get_recipe
 from tasks.digit_data import DigitSet, Mnist, load_digit_set, load_mnist
-from tasks.inference import predict_proba
+from tasks.inference import ONNX_ARTIFACT, predict_proba
 from tasks.ingest_tasks import read_options
 from tasks.metrics import digit_metrics, save_confusion_png
 from tasks.model import EXPECTED_PARAMS
@@ -135,6 +135,53 @@ def log_model_task(model, run_id: str, sample: np.ndarray) -> str:
     return info.model_uri
 
 
+def export_and_verify(model, x_test: np.ndarray, keras_probs: np.ndarray, batch_size: int = 1024
+                      ) -> tuple[bytes | None, dict[str, str], dict[str, float]]:
+    """Export the model to ONNX and compare ONNX Runtime's argmax with Keras' on every MNIST
+    test digit. Returns (the .onnx bytes or None, version tags, run metrics); an export that
+    fails or disagrees is recorded as unverified, so the reader keeps using Keras."""
+    from tasks.inference import OnnxModel, argmax_agreement, export_onnx
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "model.onnx")
+            export_onnx(model, path)
+            data = Path(path).read_bytes()
+        probs = predict_proba(OnnxModel(data), x_test, batch_size)
+    except Exception as exc:  # onnxruntime/tf2onnx missing, or an op the exporter refuses
+        return None, {"onnx_verified": "false", "onnx_error": f"{type(exc).__name__}: {exc}"[:250]}, {}
+    agreement = argmax_agreement(probs, keras_probs)
+    verified = agreement == 1.0
+    tags = {"onnx_artifact": ONNX_ARTIFACT, "onnx_verified": str(verified).lower(),
+            "onnx_argmax_agreement": f"{agreement:.6f}", "onnx_checked_on": f"mnist_test:{len(x_test)}"}
+    metrics = {"onnx_argmax_agreement": agreement,
+               "onnx_max_abs_prob_diff": float(np.abs(probs - keras_probs).max())}
+    return data, tags, metrics
+
+
+@task(name="log-onnx", **IO_RETRIES)
+def log_onnx_task(model, client: Any, run_id: str, x_test: np.ndarray, keras_probs: np.ndarray
+                  ) -> dict[str, str]:
+    """Export, verify and log the ONNX model beside the Keras one in the run; returns the tags
+    for the model version, which tell the reader whether it may use the export."""
+    logger = run_logger()
+    data, tags, metrics = export_and_verify(model, x_test, keras_probs)
+    if data is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(ONNX_ARTIFACT).name
+            path.write_bytes(data)
+            client.log_artifact(run_id, str(path), artifact_path=str(Path(ONNX_ARTIFACT).parent))
+    tracking.log_metrics(client, run_id, metrics)
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+    if tags["onnx_verified"] == "true":
+        logger.info("ONNX export logged: same argmax as Keras on all %d MNIST test digits", len(x_test))
+    else:
+        logger.warning("ONNX export not verified (%s); readers will use Keras",
+                       tags.get("onnx_error") or f"argmax agreement {tags.get('onnx_argmax_agreement')}")
+    return tags
+
+
 @task(name="judge-candidate", **COMPUTE)
 def judge_task(client: Any, settings: Settings, model, mnist: dict, run_id: str) -> dict:
     """Score the candidate and the champion on the validation telegrams (read in this run),
@@ -225,6 +272,20 @@ def register_task(
 def load_model_task(client: Any, uri: str):
     ref = tracking.resolve_model(client, uri)
     return ref, tracking.load_keras_model(ref)
+
+
+@task(name="attach-onnx", **IO_RETRIES)
+def attach_onnx_task(client: Any, ref: tracking.ModelRef, model, x_test: np.ndarray) -> dict[str, str]:
+    """Give a version registered before ONNX exports one now: export, verify, log it in the
+    version's run and tag the version, so `read.inference: auto` picks it up."""
+    if not ref.name or not ref.version:
+        raise ValueError(f"{ref.uri} is not a registered version")
+    mv = client.get_model_version(ref.name, ref.version)
+    keras_probs = predict_proba(model, x_test)
+    tags = log_onnx_task.fn(model, client, mv.run_id, x_test, keras_probs)
+    for k, v in tags.items():
+        client.set_model_version_tag(ref.name, ref.version, k, v)
+    return tags
 
 
 _validation_cache: dict[str, ValidationSet | None] = {}

@@ -6,7 +6,7 @@ the same night replaces rows instead of duplicating them, and one chunk is one t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -107,8 +107,12 @@ def known_scans(db_url: str, model_version: str) -> tuple[set[tuple[str, int | N
     return {(u, sz, e) for u, sz, e, _ in rows}, {h for *_, h in rows}
 
 
-def run_cells(db_url: str, run_id: str) -> list[tuple[str, int | None, str, int | None, str, str]]:
-    """(cell, label, digits, value, status, scan uri) for every reading of a run, labelled or not."""
+CellRow = tuple[str, int | None, str, int | None, str, str]
+
+
+def iter_run_cells(db_url: str, run_id: str, batch: int = 20_000) -> Iterator[list[CellRow]]:
+    """(cell, label, digits, value, status, scan uri) for every reading of a run, labelled or
+    not, in batches: a large run is scored and exported without holding all its rows."""
     from tasks.db import OfficialResult
 
     with session_scope(db_url) as s:
@@ -116,8 +120,15 @@ def run_cells(db_url: str, run_id: str) -> list[tuple[str, int | None, str, int 
                     Reading.status, Reading.scan_uri)
              .outerjoin(OfficialResult, (OfficialResult.telegram_id == Reading.telegram_id)
                         & (OfficialResult.cell_id == Reading.cell_id))
-             .where(Reading.run_id == run_id))
-        return [tuple(row) for row in s.execute(q)]  # type: ignore[misc]
+             .where(Reading.run_id == run_id)
+             .execution_options(yield_per=batch))
+        for part in s.execute(q).partitions():
+            yield [tuple(row) for row in part]  # type: ignore[misc]
+
+
+def run_cells(db_url: str, run_id: str) -> list[CellRow]:
+    """All of `iter_run_cells` at once (small runs, tests)."""
+    return [row for part in iter_run_cells(db_url, run_id) for row in part]
 
 
 def scan_status_counts(db_url: str, run_id: str) -> dict[str, int]:

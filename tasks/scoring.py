@@ -40,33 +40,56 @@ def digit_pairs(label: int, digits: str) -> list[tuple[int, int]] | None:
     return [(int(a), int(b)) for a, b in zip(truth, digits, strict=True)]
 
 
+class ScoreAccumulator:
+    """`score_cells` fed in batches: keeps a few counters and the digit pairs, never the cells,
+    so that scoring a 10,000-telegram run does not hold its 300,000 readings in memory."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.right = 0
+        self.statuses: Counter[str] = Counter()
+        self.by_len: dict[str, list[int]] = {}  # length -> [right, total]
+        self.ok_right = 0
+        self.yt: list[int] = []
+        self.yp: list[int] = []
+
+    def add(self, cells: list[Scored]) -> None:
+        for c in cells:
+            ok = effective_value(c.value, c.status) == c.label
+            self.n += 1
+            self.right += ok
+            self.statuses[c.status] += 1
+            tally = self.by_len.setdefault(str(len(str(c.label))), [0, 0])
+            tally[0] += ok
+            tally[1] += 1
+            if c.status == "ok":
+                self.ok_right += ok
+            pairs = digit_pairs(c.label, c.digits)
+            if pairs:
+                self.yt.extend(a for a, _ in pairs)
+                self.yp.extend(b for _, b in pairs)
+
+    def result(self) -> dict:
+        digits = digit_metrics(np.array(self.yt, dtype=np.int64), np.array(self.yp, dtype=np.int64))
+        n, n_ok = self.n, self.statuses.get("ok", 0)
+        return {
+            "cells_scored": n,
+            "number_accuracy": self.right / n if n else None,
+            "number_accuracy_by_length": {k: r / t for k, (r, t) in sorted(self.by_len.items())},
+            "accuracy_when_ok": self.ok_right / n_ok if n_ok else None,
+            "review_share": self.statuses.get("review", 0) / n if n else None,
+            "status_counts": dict(self.statuses),
+            "digits_scored": digits["n"],
+            "digit_accuracy": digits["accuracy"],
+            "digit_precision_macro": digits["precision_macro"],
+            "digit_recall_macro": digits["recall_macro"],
+            "digit_f1_macro": digits["f1_macro"],
+            "confusion_matrix": digits["confusion_matrix"],
+        }
+
+
 def score_cells(cells: list[Scored]) -> dict:
     """Number-level and digit-level metrics over labelled cells, and counts by status."""
-    statuses = Counter(c.status for c in cells)
-    right = [effective_value(c.value, c.status) == c.label for c in cells]
-    by_len: dict[str, list[bool]] = {}
-    for c, ok in zip(cells, right, strict=True):
-        by_len.setdefault(str(len(str(c.label))), []).append(ok)
-    ok_cells = [r for c, r in zip(cells, right, strict=True) if c.status == "ok"]
-    yt, yp = [], []
-    for c in cells:
-        pairs = digit_pairs(c.label, c.digits)
-        if pairs:
-            yt.extend(a for a, _ in pairs)
-            yp.extend(b for _, b in pairs)
-    digits = digit_metrics(np.array(yt, dtype=np.int64), np.array(yp, dtype=np.int64))
-    n = len(cells)
-    return {
-        "cells_scored": n,
-        "number_accuracy": float(np.mean(right)) if n else None,
-        "number_accuracy_by_length": {k: float(np.mean(v)) for k, v in sorted(by_len.items())},
-        "accuracy_when_ok": float(np.mean(ok_cells)) if ok_cells else None,
-        "review_share": statuses.get("review", 0) / n if n else None,
-        "status_counts": dict(statuses),
-        "digits_scored": digits["n"],
-        "digit_accuracy": digits["accuracy"],
-        "digit_precision_macro": digits["precision_macro"],
-        "digit_recall_macro": digits["recall_macro"],
-        "digit_f1_macro": digits["f1_macro"],
-        "confusion_matrix": digits["confusion_matrix"],
-    }
+    acc = ScoreAccumulator()
+    acc.add(cells)
+    return acc.result()

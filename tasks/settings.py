@@ -86,6 +86,11 @@ class ReadSettings(_Section):
     chunk_size: int = 25
     max_pixels: int = 80_000_000
     checksum: bool = True
+    # auto: ONNX Runtime when the version has a verified ONNX export, else Keras (direct call).
+    inference: Literal["auto", "onnx", "keras"] = "auto"
+    # Scans of a chunk prepared (decode to reframe) in parallel threads; OpenCV and NumPy
+    # release the GIL for most of that work. 1: one after another.
+    threads: int = Field(default=2, ge=1)
     max_pages: int = Field(default=100, ge=1)
     pdf_dpi: int = Field(default=200, ge=36, le=600)
     suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".pdf")

@@ -15,6 +15,7 @@ import hashlib
 import os
 import posixpath
 import re
+import shutil
 from typing import Any
 from urllib.parse import unquote
 
@@ -136,6 +137,19 @@ def write_bytes(uri: str, data: bytes, settings: Settings | None = None) -> None
         fs.mv(tmp, path)
     else:
         fs.pipe_file(path, data)  # an S3 PUT is atomic
+
+
+def write_file(uri: str, local_path: str, settings: Settings | None = None) -> None:
+    """Copy a local file to storage in a stream (`write_bytes` for files too big to hold)."""
+    fs, path = filesystem(uri, settings)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    target = f"{path}.part" if isinstance(fs, LocalFileSystem) else path
+    with open(local_path, "rb") as src, fs.open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst, 8 << 20)
+    if target != path:
+        fs.mv(target, path)
 
 
 def read_bytes(uri: str, settings: Settings | None = None) -> bytes:

@@ -221,6 +221,80 @@ def load_keras_model(ref: ModelRef):
         return _model_cache[key]
 
 
+@dataclass(frozen=True)
+class OnnxExport:
+    """What registration recorded about a version's ONNX export (model version tags)."""
+
+    run_id: str
+    artifact: str
+    verified: bool
+
+
+def onnx_export(ref: ModelRef) -> OnnxExport | None:
+    """The version's ONNX export, or None (a version registered before exports, or a run/path
+    URI outside the registry)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if not ref.name or not ref.version:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=mlflow.get_tracking_uri(), registry_uri=mlflow.get_registry_uri())
+    try:
+        mv = client.get_model_version(ref.name, ref.version)
+    except MlflowException as exc:
+        if unreachable(exc):
+            raise TrackingUnavailable(f"MLflow unreachable, cannot look up {ref.label}: "
+                                      f"{short_error(exc)}") from exc
+        raise
+    artifact = mv.tags.get("onnx_artifact")
+    if not artifact or not mv.run_id:
+        return None
+    return OnnxExport(mv.run_id, artifact, mv.tags.get("onnx_verified") == "true")
+
+
+def load_reader_model(ref: ModelRef, mode: str = "auto"):
+    """The model the reader runs: the version's verified ONNX export under ONNX Runtime when
+    `mode` allows it (see `inference.choose_backend`), else the Keras model. Cached per process
+    like `load_keras_model`."""
+    import mlflow
+
+    from tasks.inference import OnnxModel, choose_backend, onnx_runtime_available
+
+    key = f"{mlflow.get_registry_uri()} {ref.pinned_uri} {mode}"
+    with _model_lock:
+        cached = _model_cache.get(key)
+    if cached is not None:
+        return cached
+    export = onnx_export(ref) if mode != "keras" else None
+    try:
+        backend = choose_backend(mode, export is not None, bool(export and export.verified),  # type: ignore[arg-type]
+                                 onnx_runtime_available())
+    except RuntimeError as exc:
+        raise CifrasError(f"{ref.label}: {exc}") from exc
+    if backend == "onnx":
+        assert export is not None
+        from mlflow.exceptions import MlflowException
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = mlflow.artifacts.download_artifacts(run_id=export.run_id,
+                                                           artifact_path=export.artifact, dst_path=tmp)
+            except (MlflowException, OSError) as exc:
+                if unreachable(exc):
+                    raise TrackingUnavailable(f"MLflow unreachable, cannot load the ONNX export of "
+                                              f"{ref.label}: {short_error(exc)}") from exc
+                raise
+            model = OnnxModel(Path(path).read_bytes())
+        log.info("reading with the ONNX export of %s", ref.label)
+    else:
+        model = load_keras_model(ref)
+    with _model_lock:
+        _model_cache[key] = model
+    return model
+
+
 def champion_scores(client, name: str, alias: str) -> dict | None:
     """The champion's version and MNIST test figures (accuracy, macro F1), or None."""
     from mlflow.exceptions import MlflowException

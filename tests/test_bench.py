@@ -15,8 +15,12 @@ def test_backends_agree_on_every_digit(use_registry, mnist_sample):
     client = tracking.configure_mlflow(settings)
     model = tracking.load_keras_model(tracking.resolve_model(client, settings.evaluate.model_uri))
     x, _ = mnist_sample
-    out = inference_backends(model, to_model_input(x), batch=128)
-    assert set(out) == {"keras_predict", "keras_direct", "onnxruntime"}
+    ref = tracking.resolve_model(client, settings.evaluate.model_uri)
+    out = inference_backends(model, to_model_input(x), batch=128,
+                             onnx_model=tracking.load_reader_model(ref, "onnx"),
+                             pipeline_model=tracking.load_reader_model(ref, "auto"))
+    assert set(out) == {"keras_predict", "keras_direct", "onnxruntime", "pipeline"}
     assert out["keras_direct"]["same_argmax"] is True
     assert out["onnxruntime"].get("same_argmax") is True, out["onnxruntime"]
+    assert out["pipeline"]["backend"] == "onnx" and out["pipeline"]["same_argmax"] is True
     assert all(v["digits_per_s"] > 0 for v in out.values())

@@ -1,0 +1,75 @@
+"""The reader's inference backend: ONNX Runtime when the registered version carries a verified
+ONNX export, Keras otherwise (older versions), with the same argmax either way."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks import tracking
+from tasks.errors import CifrasError
+from tasks.inference import OnnxModel, backend_of, choose_backend, predict_proba
+from tasks.ingest_tasks import busy_seconds
+from tasks.model import to_model_input
+from tasks.settings import load_settings
+
+
+def test_choose_backend():
+    assert choose_backend("auto", logged=True, verified=True, runtime=True) == "onnx"
+    assert choose_backend("auto", logged=True, verified=False, runtime=True) == "keras"
+    assert choose_backend("auto", logged=False, verified=False, runtime=True) == "keras"
+    assert choose_backend("auto", logged=True, verified=True, runtime=False) == "keras"
+    assert choose_backend("keras", logged=True, verified=True, runtime=True) == "keras"
+    assert choose_backend("onnx", logged=True, verified=False, runtime=True) == "onnx"
+    with pytest.raises(RuntimeError, match="no ONNX export"):
+        choose_backend("onnx", logged=False, verified=False, runtime=True)
+
+
+def test_busy_seconds_is_the_union_of_spans():
+    assert busy_seconds([]) == 0
+    assert busy_seconds([(0, 2), (1, 3), (5, 6), (5.5, 5.7)]) == pytest.approx(4.0)
+
+
+def _champion():
+    settings = load_settings()
+    client = tracking.configure_mlflow(settings)
+    return client, tracking.resolve_model(client, settings.evaluate.model_uri)
+
+
+@pytest.mark.slow
+def test_registered_version_reads_with_its_verified_onnx_export(use_registry, mnist_sample):
+    client, ref = _champion()
+    export = tracking.onnx_export(ref)
+    assert export is not None and export.verified
+    mv = client.get_model_version(ref.name, ref.version)
+    assert mv.tags["onnx_argmax_agreement"] == "1.000000"
+    assert client.get_run(mv.run_id).data.metrics["onnx_argmax_agreement"] == 1.0
+    assert "onnx/model.onnx" in [a.path for a in client.list_artifacts(mv.run_id, "onnx")]
+
+    reader = tracking.load_reader_model(ref, "auto")
+    assert isinstance(reader, OnnxModel) and backend_of(reader) == "onnx"
+    assert tracking.load_reader_model(ref, "auto") is reader  # cached per process
+    x = to_model_input(mnist_sample[0])
+    keras_probs = predict_proba(tracking.load_keras_model(ref), x, 128)
+    onnx_probs = predict_proba(reader, x, 128)
+    assert (onnx_probs.argmax(1) == keras_probs.argmax(1)).all()
+    assert np.abs(onnx_probs - keras_probs).max() < 1e-3
+    assert backend_of(tracking.load_reader_model(ref, "keras")) == "keras"
+
+
+@pytest.mark.slow
+def test_a_version_without_onnx_falls_back_to_keras(trained_registry: Path, tmp_path: Path, monkeypatch):
+    # a copy of the registry database (artifacts stay where they are), with the version's ONNX
+    # tags removed: a version registered before exports existed
+    data = tmp_path / "old-registry"
+    data.mkdir()
+    shutil.copy(trained_registry / "mlflow.db", data / "mlflow.db")
+    monkeypatch.setenv("CIFRAS_DATA_DIR", str(data))
+    client, ref = _champion()
+    for tag in ("onnx_artifact", "onnx_verified", "onnx_argmax_agreement", "onnx_checked_on"):
+        client.delete_model_version_tag(ref.name, ref.version, tag)
+    assert tracking.onnx_export(ref) is None
+    assert backend_of(tracking.load_reader_model(ref, "auto")) == "keras"
+    with pytest.raises(CifrasError, match="no ONNX export"):
+        tracking.load_reader_model(ref, "onnx")
