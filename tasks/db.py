@@ -166,7 +166,13 @@ def get_engine(url: str) -> Engine:
     """One pooled engine per URL and process; SQLite files get their folder created."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, pool_pre_ping=True, future=True)
+    connect_args = {}
+    if url.startswith("postgresql"):
+        # a server that vanishes mid-query (a dead host, a cut link) must end the wait with an
+        # error the retries handle, not hang the night: TCP keepalives notice it within ~25 s
+        connect_args = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
+                        "keepalives_interval": 5, "keepalives_count": 3}
+    engine = create_engine(url, pool_pre_ping=True, future=True, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine

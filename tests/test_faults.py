@@ -75,6 +75,8 @@ class FlakyProxy:
             self.down_until = time.monotonic() + seconds
             for c in self.conns:
                 self.dropped += 1
+                with suppress(OSError):  # shutdown wakes the pipe thread blocked in recv;
+                    c.shutdown(socket.SHUT_RDWR)  # close alone would leave the peer hanging
                 c.close()
             self.conns.clear()
 
