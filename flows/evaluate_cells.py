@@ -9,8 +9,7 @@ import cv2
 from prefect import flow
 
 from tasks import tracking
-from tasks.cell_reader import read_cells, read_label_csv, score_numbers
-from tasks.errors import CifrasError
+from tasks.cell_reader import read_cells, read_label_file, score_numbers
 from tasks.settings import load_settings
 
 EXPERIMENT = "cell-eval"
@@ -21,12 +20,7 @@ def evaluate_cells_flow(images: str, labels: str, model: str | None = None, spli
                         max_digits: int = 6) -> dict:
     settings = load_settings()
     root, labels_path = Path(images), Path(labels)
-    if not labels_path.is_file():
-        raise CifrasError(f"labels file {labels_path} not found")
-    try:
-        cells, skipped = read_label_csv(labels_path.read_text(encoding="utf-8-sig"), split)
-    except ValueError as exc:
-        raise CifrasError(f"{labels_path}: {exc}") from exc
+    cells, skipped = read_label_file(labels_path, split)
     client = tracking.configure_mlflow(settings)
     ref = tracking.resolve_model(client, model or settings.evaluate.model_uri)
     keras_model = tracking.load_keras_model(ref)

@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import flow, task
 
 from tasks import tracking
-from tasks.cell_reader import read_label_csv
+from tasks.cell_reader import read_label_file
 from tasks.errors import CifrasError
 from tasks.fine_tuning import fine_tune, training_mix
 from tasks.model import to_model_input
@@ -121,12 +121,7 @@ def harvest_cells_flow(images: str, labels: str, out: str, model: str | None = N
     """Weakly labelled digits from a folder of labelled cell crops, as one digit shard."""
     settings = load_settings()
     root, labels_path = Path(images), Path(labels)
-    if not labels_path.is_file():
-        raise CifrasError(f"labels file {labels_path} not found")
-    try:
-        cells, skipped = read_label_csv(labels_path.read_text(encoding="utf-8-sig"), split)
-    except ValueError as exc:
-        raise CifrasError(f"{labels_path}: {exc}") from exc
+    cells, skipped = read_label_file(labels_path, split)
     client = tracking.configure_mlflow(settings)
     ref, keras_model = load_model_task(client, model or settings.evaluate.model_uri)
     data, kept, missing = [], [], 0

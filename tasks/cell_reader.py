@@ -10,11 +10,13 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from tasks.compose import CellReading, compose
+from tasks.errors import CifrasError
 from tasks.inference import predict_proba
 from tasks.reframe import reframe_many
 from tasks.segment import segment_cell
@@ -133,6 +135,16 @@ def read_label_csv(text: str, split: str | None = None) -> tuple[list[LabelledCe
             continue
         out.append(LabelledCell(r["file"], int(label)))
     return out, skipped
+
+
+def read_label_file(path: Path, split: str | None = None) -> tuple[list[LabelledCell], int]:
+    """read_label_csv on a file, with one clear error for the user when it is not usable."""
+    if not path.is_file():
+        raise CifrasError(f"labels file {path} not found")
+    try:
+        return read_label_csv(path.read_text(encoding="utf-8-sig"), split)
+    except ValueError as exc:
+        raise CifrasError(f"{path}: {exc}") from exc
 
 
 def read_cells(images: list[np.ndarray], model, max_digits: int, ok_threshold: float,
