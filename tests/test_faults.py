@@ -166,7 +166,7 @@ def test_worker_killed_mid_chunk_then_rerun_completes(night: Path, prefect_serve
     from flows.ingest import ingest_flow
     from tasks.settings import load_settings
 
-    n = 8
+    n = 24  # enough chunks that the kill lands mid-run even on a fast machine (reading overlaps)
     generate_flow(count=n, seed=53)
     db_url = load_settings().db_url
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
