@@ -14,18 +14,11 @@ from tasks import tracking
 from tasks.cell_reader import read_label_file
 from tasks.errors import CifrasError
 from tasks.fine_tuning import fine_tune, training_mix
-from tasks.model import to_model_input
 from tasks.model_tasks import (
     architecture_params,
-    judge_task,
+    judge_and_register,
     load_mnist_task,
     load_model_task,
-    log_evaluation_task,
-    log_model_task,
-    log_onnx_task,
-    predict_task,
-    register_task,
-    score_task,
     validation_accuracy,
     validation_set_for,
 )
@@ -93,17 +86,9 @@ def fine_tune_flow(shards: list[str], model: str | None = None, epochs: int | No
             "train_samples": len(y), "mnist_source": mnist.source,
         })
         tuned, _ = fine_tune_task(base, x, y, settings, client, run_id, epochs, learning_rate)
-        probs = predict_task(tuned, to_model_input(mnist.test.x), settings.evaluate.batch_size)
-        metrics = score_task(mnist.test.y, probs)
-        log_evaluation_task(client, run_id, metrics, "test_", "MNIST test")
-        tracking.log_metrics(client, run_id, {"mnist_test_accuracy": metrics["accuracy"],
-                                              "train_wall_s": time.perf_counter() - started})
-        comparison = judge_task(client, settings, tuned, metrics, run_id)
-        model_uri = log_model_task(tuned, run_id, to_model_input(mnist.test.x[:2]))
-        onnx_tags = log_onnx_task(tuned, client, run_id, to_model_input(mnist.test.x), probs)
-        registry = register_task(client, settings, model_uri, run_id, metrics["accuracy"],
-                                 tags={"fine_tuned_from": ref.label, **onnx_tags}, promote=promote,
-                                 decision=comparison["decision"])
+        metrics, comparison, registry, _ = judge_and_register(
+            client, settings, tuned, mnist, run_id, {"fine_tuned_from": ref.label}, promote,
+            {"train_wall_s": time.perf_counter() - started})
     return {
         "run_id": run_id, "base": ref.label, "weak_digits": len(kept),
         "dropped_validation_digits": len(weak) - len(kept),

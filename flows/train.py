@@ -10,18 +10,11 @@ from tasks import tracking
 from tasks.augment import get_recipe
 from tasks.model import to_model_input
 from tasks.model_tasks import (
-    MNIST_METRIC,
     architecture_params,
     attach_onnx_task,
-    judge_task,
+    judge_and_register,
     load_mnist_task,
     load_model_task,
-    log_evaluation_task,
-    log_model_task,
-    log_onnx_task,
-    predict_task,
-    register_task,
-    score_task,
     train_task,
 )
 from tasks.settings import load_settings
@@ -65,17 +58,10 @@ def train_flow(
         model, _history = train_task(
             mnist.train, settings, client, run_id, epochs, batch_size, limit, augment_name
         )
-        probs = predict_task(model, to_model_input(mnist.test.x), settings.evaluate.batch_size)
-        metrics = score_task(mnist.test.y, probs)
-        log_evaluation_task(client, run_id, metrics, "test_", "MNIST test")
         wall = time.perf_counter() - started
-        tracking.log_metrics(client, run_id, {MNIST_METRIC: metrics["accuracy"], "train_wall_s": wall})
-        comparison = judge_task(client, settings, model, metrics, run_id)
-        model_uri = log_model_task(model, run_id, to_model_input(mnist.test.x[:2]))
-        onnx_tags = log_onnx_task(model, client, run_id, to_model_input(mnist.test.x), probs)
-        registry = register_task(client, settings, model_uri, run_id, metrics["accuracy"],
-                                 tags={"augment": augment_name, **onnx_tags}, promote=promote,
-                                 decision=comparison["decision"])
+        metrics, _, registry, onnx_tags = judge_and_register(
+            client, settings, model, mnist, run_id, {"augment": augment_name}, promote,
+            {"train_wall_s": wall})
     return {
         "run_id": run_id,
         "mnist_test": {k: metrics[k] for k in

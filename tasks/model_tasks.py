@@ -19,7 +19,7 @@ from tasks.digit_data import DigitSet, Mnist, load_digit_set, load_mnist
 from tasks.inference import ONNX_ARTIFACT, predict_proba
 from tasks.ingest_tasks import read_options
 from tasks.metrics import digit_metrics, save_confusion_png
-from tasks.model import EXPECTED_PARAMS
+from tasks.model import EXPECTED_PARAMS, to_model_input
 from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
 from tasks.promotion import Scores, decide
 from tasks.reframe import reframe_many
@@ -286,6 +286,26 @@ def attach_onnx_task(client: Any, ref: tracking.ModelRef, model, x_test: np.ndar
     for k, v in tags.items():
         client.set_model_version_tag(ref.name, ref.version, k, v)
     return tags
+
+
+def judge_and_register(client: Any, settings: Settings, model, mnist: Mnist, run_id: str,
+                       tags: dict[str, str], promote: bool, extra_metrics: dict[str, float] | None = None
+                       ) -> tuple[dict, dict, dict, dict[str, str]]:
+    """What every new version goes through once trained, whatever made it: MNIST test scores,
+    the promotion judgement, the Keras model and its checked ONNX export, registration.
+    Returns (MNIST metrics, comparison, registry result, ONNX tags)."""
+    x_test = to_model_input(mnist.test.x)
+    probs = predict_task(model, x_test, settings.evaluate.batch_size)
+    metrics = score_task(mnist.test.y, probs)
+    log_evaluation_task(client, run_id, metrics, "test_", "MNIST test")
+    tracking.log_metrics(client, run_id, {MNIST_METRIC: metrics["accuracy"], **(extra_metrics or {})})
+    comparison = judge_task(client, settings, model, metrics, run_id)
+    model_uri = log_model_task(model, run_id, x_test[:2])
+    onnx_tags = log_onnx_task(model, client, run_id, x_test, probs)
+    registry = register_task(client, settings, model_uri, run_id, metrics["accuracy"],
+                             tags={**tags, **onnx_tags}, promote=promote,
+                             decision=comparison["decision"])
+    return metrics, comparison, registry, onnx_tags
 
 
 _validation_cache: dict[str, ValidationSet | None] = {}

@@ -81,6 +81,19 @@ def use_registry(trained_registry: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
     return trained_registry
 
 
+@pytest.fixture
+def reading_env(trained_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                mnist_npz: Path) -> Path:
+    """A fresh data directory that reads with the shared trained champion, 8 telegrams a chunk
+    (tests that need other chunks set CIFRAS_READ__CHUNK_SIZE themselves)."""
+    data = tmp_path / "night"
+    monkeypatch.setenv("CIFRAS_DATA_DIR", str(data))
+    monkeypatch.setenv("CIFRAS_MNIST_PATH", str(mnist_npz))
+    monkeypatch.setenv("CIFRAS_MLFLOW__TRACKING_URI", f"sqlite:///{trained_registry / 'mlflow.db'}")
+    monkeypatch.setenv("CIFRAS_READ__CHUNK_SIZE", "8")
+    return data
+
+
 @pytest.fixture(scope="session")
 def mnist_sample(mnist_npz: Path) -> tuple[np.ndarray, np.ndarray]:
     """300 MNIST test digits (never training digits)."""

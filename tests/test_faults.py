@@ -46,13 +46,9 @@ def n_scans(db_url: str) -> int:
 
 
 @pytest.fixture
-def night(trained_registry: Path, tmp_path: Path, monkeypatch, mnist_npz: Path) -> Path:
-    data = tmp_path / "night"
-    monkeypatch.setenv("CIFRAS_DATA_DIR", str(data))
-    monkeypatch.setenv("CIFRAS_MNIST_PATH", str(mnist_npz))
-    monkeypatch.setenv("CIFRAS_MLFLOW__TRACKING_URI", f"sqlite:///{trained_registry / 'mlflow.db'}")
+def night(reading_env: Path, monkeypatch) -> Path:
     monkeypatch.setenv("CIFRAS_READ__CHUNK_SIZE", "2")
-    return data
+    return reading_env
 
 
 class FlakyProxy:

@@ -22,16 +22,6 @@ from tests.test_decode import png_header_only
 N_GENERATED = 20
 
 
-@pytest.fixture
-def reading_env(trained_registry: Path, tmp_path: Path, monkeypatch, mnist_npz) -> Path:
-    data = tmp_path / "night"
-    monkeypatch.setenv("CIFRAS_DATA_DIR", str(data))
-    monkeypatch.setenv("CIFRAS_MNIST_PATH", str(mnist_npz))
-    monkeypatch.setenv("CIFRAS_MLFLOW__TRACKING_URI", f"sqlite:///{trained_registry / 'mlflow.db'}")
-    monkeypatch.setenv("CIFRAS_READ__CHUNK_SIZE", "8")
-    return data
-
-
 def jpeg(img: np.ndarray) -> bytes:
     return cv2.imencode(".jpg", img)[1].tobytes()
 

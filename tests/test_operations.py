@@ -327,8 +327,8 @@ def test_deployed_backfill_on_servers_survives_an_s3_stall(
 
 
 @pytest.mark.slow
-def test_dask_workers_read_like_the_sequential_path(trained_registry: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch, mnist_npz: Path):
+def test_dask_workers_read_like_the_sequential_path(reading_env: Path,
+                                                    monkeypatch: pytest.MonkeyPatch):
     """The same telegrams read chunk by chunk in the flow process, then on a LocalCluster of
     two Dask workers (settings.dask), give the same readings, each stored once."""
     from sqlalchemy import select
@@ -338,9 +338,6 @@ def test_dask_workers_read_like_the_sequential_path(trained_registry: Path, tmp_
     from tasks.db import Reading, session_scope
     from tasks.settings import load_settings
 
-    monkeypatch.setenv("CIFRAS_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("CIFRAS_MNIST_PATH", str(mnist_npz))
-    monkeypatch.setenv("CIFRAS_MLFLOW__TRACKING_URI", f"sqlite:///{trained_registry / 'mlflow.db'}")
     monkeypatch.setenv("CIFRAS_READ__CHUNK_SIZE", "2")
     generate_flow(count=5, seed=23)
     db_url = load_settings().db_url

@@ -105,8 +105,7 @@ def test_mesa_code_of_each_page():
 
 
 @pytest.mark.slow
-def test_ingest_reads_each_page_as_a_telegram(trained_registry: Path, tmp_path: Path, monkeypatch,
-                                              mnist_npz: Path, template):
+def test_ingest_reads_each_page_as_a_telegram(reading_env: Path, monkeypatch, template):
     """Five generated telegrams scanned as a 2-page TIFF and a 3-page PDF (with a bomb page in
     place of the fourth telegram) go through the real ingest flow."""
     from sqlalchemy import select
@@ -116,10 +115,7 @@ def test_ingest_reads_each_page_as_a_telegram(trained_registry: Path, tmp_path: 
     from tasks.db import Reading, Scan, Telegram, session_scope
     from tasks.settings import load_settings
 
-    data = tmp_path / "night"
-    monkeypatch.setenv("CIFRAS_DATA_DIR", str(data))
-    monkeypatch.setenv("CIFRAS_MNIST_PATH", str(mnist_npz))
-    monkeypatch.setenv("CIFRAS_MLFLOW__TRACKING_URI", f"sqlite:///{trained_registry / 'mlflow.db'}")
+    data = reading_env
     monkeypatch.setenv("CIFRAS_READ__CHUNK_SIZE", "1")
     seed = 41
     generate_flow(count=5, seed=seed)
