@@ -99,6 +99,13 @@ def test_fine_tune_flow_judges_on_validation_and_promotes_only_by_the_rule(
     weak_all, _ = load_shards([datasets.as_uri()], s)
     assert len(weak_all) > 100
 
+    from tasks.errors import CifrasError
+
+    empty = Path(s.data_dir) / "no-shards"
+    empty.mkdir()
+    with pytest.raises(CifrasError, match="no weakly labelled digits"):
+        fine_tune_flow([empty.as_uri()], epochs=1)  # a user error, before any run is logged
+
     monkeypatch.setenv("CIFRAS_PROMOTION__MIN_MNIST_ACCURACY", "0.9999")  # nothing reaches it
     refused = fine_tune_flow([datasets.as_uri()], epochs=1)
     assert 0 < refused["dropped_validation_digits"] < len(weak_all)
