@@ -55,6 +55,16 @@ def test_registered_version_reads_with_its_verified_onnx_export(use_registry, mn
     onnx_probs = predict_proba(reader, x, 128)
     assert (onnx_probs.argmax(1) == keras_probs.argmax(1)).all()
     assert np.abs(onnx_probs - keras_probs).max() < 1e-3
+    # runs spread over the session's thread pool come back whole and in order
+    assert len(x) % reader.sub_batch != 0
+    workers = reader.workers
+    try:
+        reader.workers = 1
+        serial = predict_proba(reader, x, 1000)
+        reader.workers = 3
+        assert np.array_equal(predict_proba(reader, x, 1000), serial)
+    finally:
+        reader.workers = workers
     assert backend_of(tracking.load_reader_model(ref, "keras")) == "keras"
 
 
