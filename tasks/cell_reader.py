@@ -99,7 +99,33 @@ def keep_writing(gray: np.ndarray) -> np.ndarray:
     return out
 
 
-def prepare_cell(gray: np.ndarray, max_digits: int):
+SHEARS = np.linspace(-0.8, 0.8, 17)  # horizontal shear per unit of height to try
+# share of the measured slant the cuts between touching digits follow: the projection
+# overestimates it on short numbers. Chosen on the Danish validation rows (0, 0.5, 0.65, 0.8, 1:
+# 79.5, 80.5, 80.65, 80.6, 80.2 % of numbers right)
+SLANT_SHARE = 0.65
+
+
+def slant_of(clean: np.ndarray, shears: np.ndarray = SHEARS) -> float:
+    """The shear that makes the writing most upright: the one whose vertical projection of the
+    ink is sharpest (largest sum of squared column sums)."""
+    ink = (255 - clean.astype(np.float32)) / 255
+    ys, xs = np.nonzero(ink > 0.3)
+    if len(xs) < 20:
+        return 0.0
+    w = ink[ys, xs]
+    yc = float(np.average(ys, weights=w))
+    best, best_score = 0.0, -1.0
+    for s in shears:
+        cols = np.round(xs + s * (ys - yc)).astype(np.int64)
+        cols -= cols.min()
+        score = float((np.bincount(cols, weights=w) ** 2).sum())
+        if score > best_score * (1 + 1e-9):
+            best, best_score = float(s), score
+    return best
+
+
+def prepare_cell(gray: np.ndarray, max_digits: int, slanted_cuts: bool = True):
     """Segmentation of one cell image (grey, dark ink on light paper)."""
     gray = clean_margins(gray)
     if writing_fills_crop(gray):
@@ -111,7 +137,7 @@ def prepare_cell(gray: np.ndarray, max_digits: int):
         clean = keep_writing(gray)
     framed = cv2.copyMakeBorder(clean, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
     framed[:PAD], framed[-PAD:], framed[:, :PAD], framed[:, -PAD:] = 255, 255, 255, 255
-    return segment_cell(framed, PAD, max_digits)
+    return segment_cell(framed, PAD, max_digits, shear=SLANT_SHARE * slant_of(clean) if slanted_cuts else 0.0)
 
 
 @dataclass(frozen=True)
@@ -149,7 +175,9 @@ def read_label_file(path: Path, split: str | None = None) -> tuple[list[Labelled
 
 def read_cells(images: list[np.ndarray], model, max_digits: int, ok_threshold: float,
                reframe: str = "mnist", batch_size: int = 2048) -> list[CellReading]:
-    """Read many cell images with one batched inference."""
+    """Read many cell images with one batched inference. A lone dash is zero on a telegram,
+    but outside the form it has no agreed meaning (a ditto mark in a register, a separator in
+    an amount), so here it goes to review."""
     segs = [prepare_cell(img, max_digits) for img in images]
     digits = [d for s in segs for d in s.digits]
     x = reframe_many(digits, reframe, ink="bright")  # type: ignore[arg-type]
@@ -157,7 +185,10 @@ def read_cells(images: list[np.ndarray], model, max_digits: int, ok_threshold: f
     out, offset = [], 0
     for s in segs:
         n = len(s.digits)
-        out.append(compose(s, probs[offset : offset + n], max_digits, ok_threshold))
+        reading = compose(s, probs[offset : offset + n], max_digits, ok_threshold)
+        if s.kind == "dash":
+            reading.status, reading.reason = "review", "a lone dash: zero on a telegram, unclear here"
+        out.append(reading)
         offset += n
     return out
 

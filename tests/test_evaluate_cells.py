@@ -11,6 +11,7 @@ from tasks.cell_reader import (
     keep_writing,
     prepare_cell,
     read_label_csv,
+    slant_of,
     writing_fills_crop,
 )
 
@@ -22,6 +23,15 @@ def test_label_csv_skips_labels_that_are_not_plain_numbers():
     assert [c.file for c in cells] == ["b.jpg"]
     with pytest.raises(ValueError, match="file,label"):
         read_label_csv("name,value\na,1\n")
+
+
+def test_the_slant_of_the_writing_is_measured():
+    cell = np.full((80, 140), 255, np.uint8)
+    for x in (40, 70, 100):  # strokes whose top is 20 px right of their foot, 40 px up
+        cv2.line(cell, (x + 10, 20), (x - 10, 60), 0, 3)
+    assert slant_of(cell) == pytest.approx(0.5, abs=0.05)
+    assert slant_of(cv2.flip(cell, 1)) == pytest.approx(-0.5, abs=0.05)
+    assert slant_of(np.full((80, 140), 255, np.uint8)) == 0.0
 
 
 def test_black_scanner_margin_is_painted_white():
@@ -90,3 +100,21 @@ def test_evaluate_cells_on_mnist_digits_drawn_as_cells(use_registry, mnist_sampl
     assert set(report) >= {"n", "number_accuracy", "by_length", "review", "accuracy_when_ok"}
     assert report["by_length"]["1"]["n"] == 40
     assert report["number_accuracy"] > 0.7
+
+
+@pytest.mark.slow
+def test_a_lone_dash_is_sent_to_review_outside_the_form(use_registry):
+    from tasks import tracking
+    from tasks.cell_reader import read_cells
+    from tasks.settings import load_settings
+
+    settings = load_settings()
+    client = tracking.configure_mlflow(settings)
+    model = tracking.load_reader_model(tracking.resolve_model(client, settings.evaluate.model_uri))
+    dash = np.full((70, 140), 235, np.uint8)
+    cv2.line(dash, (50, 36), (95, 38), 20, 3)  # a ditto mark in a register: not a zero
+    seven = np.full((70, 140), 235, np.uint8)
+    cv2.putText(seven, "7", (55, 55), cv2.FONT_HERSHEY_SIMPLEX, 1.4, 20, 4)
+    got = read_cells([dash, seven], model, 6, 0.5)
+    assert (got[0].digits, got[0].status) == ("-", "review") and "dash" in got[0].reason
+    assert got[1].status == "ok" and got[1].value == 7

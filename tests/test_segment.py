@@ -119,3 +119,50 @@ def test_crop_follows_the_affine_map():
     crop = crop_cell(moved, shift, (190, 90, 40, 40), pad=0)
     ys, xs = np.nonzero(crop < 128)
     assert (ys.min(), xs.min()) == (10, 10)
+
+
+def test_a_flat_mark_beside_the_digits_is_dropped():
+    img = blank()
+    one(img, 60, 20)
+    zero(img, 110, 38)
+    cv2.line(img, (140, 40), (175, 41), 0, 4)  # "10 -", as a cheque amount ends
+    seg = segment_cell(img, PAD, 3)
+    assert len(seg.groups) == 2 and all(b[0] < 135 for b in seg.boxes)
+    assert any("flat mark" in n for n in seg.notes)
+
+
+def test_a_thin_digit_in_a_tall_crop_is_not_a_speck():
+    # a register row: writing 20 px tall in a 200 px crop; the "1" is a thin stroke whose
+    # area is under the crop's speck size and shorter than a quarter of the crop
+    img = np.full((200 + 2 * PAD, 130 + 2 * PAD), 255, np.uint8)
+    cv2.line(img, (60, 100), (60, 119), 0, 1)
+    cv2.ellipse(img, (80, 110), (6, 10), 0, 0, 360, 0, 2)
+    seg = segment_cell(img, PAD, 3)
+    assert seg.kind == "digits" and len(seg.groups) == 2
+    dust = np.full_like(img, 255)
+    for x, y in ((40, 50), (90, 150)):
+        dust[y : y + 2, x : x + 2] = 0
+    assert segment_cell(dust, PAD, 3).kind == "empty"
+
+
+def test_cuts_between_slanted_touching_digits_follow_the_slant():
+    img = blank()
+    strokes = [((100, 20), (80, 60)), ((118, 20), (98, 60))]  # leaning right, 0.5 px per row
+    for top, foot in strokes:
+        cv2.line(img, top, foot, 0, 3)
+    cv2.line(img, (90, 40), (108, 40), 0, 3)  # joined at mid-height
+
+    def has(s, i, point):  # the cut-out digit i holds ink at this cell point
+        bx, by, bw, bh = s.boxes[i]
+        x, y = point[0] - bx, point[1] - by
+        near = s.digits[i][max(0, y - 1) : y + 2, max(0, x - 1) : x + 2]
+        return 0 <= x < bw and 0 <= y < bh and near.max() > 0
+
+    def whole_strokes(s):  # each piece of the pair holds both ends of one stroke, none of the other
+        pair = next(h for h in s.groups[0] if len(h) == 2)
+        return all(has(s, i, top) and has(s, i, foot)
+                   and not has(s, i, strokes[1 - k][0]) and not has(s, i, strokes[1 - k][1])
+                   for k, (i, (top, foot)) in enumerate(zip(pair, strokes, strict=True)))
+
+    assert whole_strokes(segment_cell(img, PAD, 3, shear=0.5))
+    assert not whole_strokes(segment_cell(img, PAD, 3))  # an upright cut cannot part them
