@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from tasks.compose import compose
 from tasks.inference import predict_proba
 from tasks.reframe import reframe_many
 from tasks.scoring import digit_pairs
+from tasks.segment import Segmentation
 from tasks.settings import Settings
 from tasks.storage import filesystem
 
@@ -48,10 +50,38 @@ class WeakDigits:
                           np.concatenate([p.scan for p in parts]))
 
 
+# geometric mean of the label's digit probabilities under which a forced alignment is not
+# trusted: the label may belong to another row, or the segments may not be digits at all
+ALIGN_MIN_PROB = 0.1
+MAX_ALIGNMENTS = 512
+
+
+def align_to_label(seg: Segmentation, probs: np.ndarray, label: int,
+                   min_prob: float = ALIGN_MIN_PROB) -> list[int] | None:
+    """The segmentation (one hypothesis per blob) with as many digits as the label that gives
+    the label's digits the highest probability, or None. This harvests exactly the cells the
+    reader gets wrong by splitting touching digits badly, which free reading would skip."""
+    truth = [int(c) for c in str(label)]
+    groups = seg.groups or [[[i]] for i in range(len(probs))]
+    logp = np.log(np.clip(probs, 1e-9, 1.0))
+    best, best_score = None, -np.inf
+    for combo in itertools.islice(itertools.product(*groups), MAX_ALIGNMENTS):
+        idx = [i for h in combo for i in h]
+        if len(idx) != len(truth):
+            continue
+        score = float(sum(logp[i, t] for i, t in zip(idx, truth, strict=True)))
+        if score > best_score:
+            best, best_score = idx, score
+    if best is None or np.exp(best_score / len(truth)) < min_prob:
+        return None
+    return best
+
+
 def harvest_cells(images: list[bytes | np.ndarray], labels: list[int], model, max_digits: int,
                   reframe: str = "mnist", batch_size: int = 2048) -> tuple[WeakDigits, dict]:
     """Weakly labelled digits from cell images whose number is known, and how many cells gave
-    some (`used`) or none (digit count differs from the label: `skipped`)."""
+    some (`used`, of which `aligned` by forcing the segmentation to the label's length) or none
+    (`skipped`: no segmentation fits the label)."""
     import cv2
 
     grays, hashes = [], []
@@ -68,7 +98,7 @@ def harvest_cells(images: list[bytes | np.ndarray], labels: list[int], model, ma
     flat = [x for x in inputs if x is not None]
     probs = predict_proba(model, np.concatenate(flat), batch_size) if flat else np.zeros((0, 10))
     xs, ys, scans = [], [], []
-    used = skipped = offset = 0
+    used = skipped = aligned = offset = 0
     for seg, x, label, h in zip(segs, inputs, labels, hashes, strict=True):
         if seg is None or x is None:
             skipped += 1
@@ -79,16 +109,22 @@ def harvest_cells(images: list[bytes | np.ndarray], labels: list[int], model, ma
         pairs = digit_pairs(label, reading.digits)
         chosen = x[reading.chosen] if reading.chosen else x
         if not pairs or len(chosen) != len(pairs):
-            skipped += 1
-            continue
+            forced = align_to_label(seg, p, label)
+            if forced is None:
+                skipped += 1
+                continue
+            chosen, aligned = x[forced], aligned + 1
+            pairs = [(int(c), int(c)) for c in str(label)]
         used += 1
         xs.append((chosen[:, :, :, 0] * 255).round().astype(np.uint8))
         ys.extend(t for t, _ in pairs)
         scans.extend([h] * len(pairs))
     if not xs:
-        return WeakDigits.concat([]), {"cells": len(labels), "used": 0, "skipped": skipped, "digits": 0}
+        return WeakDigits.concat([]), {"cells": len(labels), "used": 0, "aligned": 0,
+                                       "skipped": skipped, "digits": 0}
     weak = WeakDigits(np.concatenate(xs), np.array(ys, np.int64), np.array(scans))
-    return weak, {"cells": len(labels), "used": used, "skipped": skipped, "digits": len(weak)}
+    return weak, {"cells": len(labels), "used": used, "aligned": aligned, "skipped": skipped,
+                  "digits": len(weak)}
 
 
 def shard_bytes(weak: WeakDigits) -> bytes:

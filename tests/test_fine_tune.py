@@ -190,3 +190,18 @@ def test_harvest_labels_digits_only_where_the_count_matches(use_registry, mnist_
     truth = {f"{y[2 * i]}{y[2 * i + 1]}" for i in range(20)}
     pairs = {"".join(str(d) for d in weak.y[weak.scan == h]) for h in set(weak.scan)}
     assert pairs <= truth  # labels come from the CSV, in reading order
+
+
+def test_forced_alignment_picks_the_split_that_fits_the_label():
+    from tasks.segment import Segmentation
+    from tasks.weak_labels import align_to_label
+
+    # one blob: read whole it is a confident "4"; split in two it is "2" and "6"
+    seg = Segmentation("digits", groups=[[[0], [1, 2]]])
+    probs = np.full((3, 10), 0.01)
+    probs[0, 4], probs[1, 2], probs[2, 6], probs[2, 8] = 0.9, 0.4, 0.5, 0.3
+    assert align_to_label(seg, probs, 26) == [1, 2]
+    assert align_to_label(seg, probs, 4) == [0]
+    assert align_to_label(seg, probs, 7) is None  # nothing reads as a 7: a wrong label
+    assert align_to_label(seg, probs, 123) is None  # no segmentation has 3 digits
+    assert align_to_label(Segmentation("dash"), np.zeros((0, 10)), 5) is None
