@@ -144,7 +144,12 @@ def _split_touching(mask: np.ndarray, parts: int, shear: float = 0.0) -> list[np
         centre = k * w / parts
         # wide search: a "1" joined to the next digit is much narrower than an even share
         lo, hi = int(centre - 0.7 * w / parts), int(centre + 0.7 * w / parts) + 1
-        lo, hi = max(lo, cuts[-1] + 2), min(hi, w - 2)
+        # no piece narrower than 0.3 of the height: the cheapest column is often a lead-in
+        # stroke at the blob's edge, which left a sliver and one digit holding two. Chosen on
+        # the validation telegrams (85.2 -> 85.5 %) and Danish val (82.3 -> 82.8 %); ORAND
+        # val lost 4 of 128 strings
+        edge = max(2, int(0.3 * h))
+        lo, hi = max(lo, cuts[-1] + edge), min(hi, w - edge)
         cuts.append(lo + int(np.argmin(cols[lo:hi])) if hi > lo else int(centre))
     cuts.append(w)
     out = []

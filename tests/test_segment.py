@@ -166,3 +166,15 @@ def test_cuts_between_slanted_touching_digits_follow_the_slant():
 
     assert whole_strokes(segment_cell(img, PAD, 3, shear=0.5))
     assert not whole_strokes(segment_cell(img, PAD, 3))  # an upright cut cannot part them
+
+
+def test_a_lead_in_stroke_does_not_become_a_piece_of_its_own():
+    img = blank()
+    zero(img, 100, 38)
+    zero(img, 122, 38)  # two touching zeros
+    cv2.line(img, (80, 50), (90, 46), 0, 2)  # a thin lead-in stroke into the first, as in "30"
+    seg = segment_cell(img, PAD, 3)
+    pair = next(h for h in seg.groups[0] if len(h) == 2)
+    height = seg.boxes[seg.groups[0][0][0]][3]
+    assert all(seg.boxes[i][2] >= 0.3 * height for i in pair)
+    assert all(seg.boxes[i][3] >= 0.8 * height for i in pair)  # each piece holds a whole zero
