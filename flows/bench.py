@@ -144,6 +144,9 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None,
     summary = ingest_flow(force=True)
     wall = time.perf_counter() - t0
     peak_rss = _peak_rss_mb()  # before the baselines below load anything else
+    from tasks import workers
+
+    worker_rss = workers.peak_rss_mb()  # the worker processes preparing scans, if any
     from sqlalchemy import select
 
     from tasks.db import Reading, Run, session_scope
@@ -173,6 +176,10 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None,
         "work_s": round(work, 2),
         "orchestration_overhead": round(max(0.0, wall - work) / wall, 3),
         "peak_rss_mb": peak_rss,
+        "prepare_workers": settings.read.workers,
+        "workers_peak_rss_mb": worker_rss,
+        # this process plus every worker at its own peak: an upper bound of the machine's share
+        "total_peak_rss_mb": round(peak_rss + sum(worker_rss.values()), 1),
         "rss_before_ingest_mb": rss_before,
         "digit_accuracy": summary.get("digit_accuracy"),
         "number_accuracy": summary.get("number_accuracy"),
@@ -218,10 +225,11 @@ def render(r: dict) -> str:
              f"{'decode only (s)':<26}{r['decode_only_s']}",
              f"{'wall (s)':<26}{r['wall_s']}  ({r['wall_over_decode']}x decode)",
              f"{'orchestration overhead':<26}{r['orchestration_overhead']:.1%}",
-             f"{'peak RSS (MB)':<26}{r['peak_rss_mb']}",
+             f"{'peak RSS (MB)':<26}{r['peak_rss_mb']} (with workers: {r.get('total_peak_rss_mb')})",
              f"{'digit / number accuracy':<26}{r['digit_accuracy']} / {r['number_accuracy']}",
              f"{'load average':<26}{r['load_average']}", "",
-             f"stage seconds (summed over threads; {r['prepare_threads']} threads prepare scans, "
+             f"stage seconds (summed over threads and processes; {r.get('prepare_workers')} worker "
+             f"processes / {r['prepare_threads']} threads prepare scans, "
              f"busy {r['work_s']} s of wall):"]
     lines += [f"  {k:<24}{v}" for k, v in sorted(r["stage_s"].items(), key=lambda kv: -kv[1])]
     if "inference" in r:
