@@ -21,7 +21,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -95,13 +95,17 @@ atexit.register(shutdown)
 Job = tuple[bytes, str, str]  # file bytes, URI, content hash
 
 
-def submit(pool: ProcessPoolExecutor, job: Job, template_name: str, opt: ReadOptions) -> Future:
+def submit(pool: ProcessPoolExecutor, job: Job, template_name: str, opt: ReadOptions,
+           fn: Callable = _prepare_job) -> Future:
+    """Prepare one scan file in the pool (`fn`: a module-level function with the signature of
+    `_prepare_job`, which the tests replace)."""
     data, uri, digest = job
-    return pool.submit(_prepare_job, data, uri, digest, template_name, opt)
+    return pool.submit(fn, data, uri, digest, template_name, opt)
 
 
 def collect(pool: ProcessPoolExecutor, jobs: Sequence[Job], futures: Sequence[Future],
-            template_name: str, opt: ReadOptions) -> list[list[PreparedScan]]:
+            template_name: str, opt: ReadOptions, fn: Callable = _prepare_job
+            ) -> list[list[PreparedScan]]:
     """The pages of each job, in order. Jobs lost to a dead worker are prepared again, one at a
     time in a private pool; a job that kills that worker too is recorded as unreadable.
     Exceptions of `prepare_pages` itself (a bug, not bad input) propagate."""
@@ -120,7 +124,7 @@ def collect(pool: ProcessPoolExecutor, jobs: Sequence[Job], futures: Sequence[Fu
             for i in lost:
                 solo = solo or _new_pool(1)
                 try:
-                    out[i] = submit(solo, jobs[i], template_name, opt).result()
+                    out[i] = submit(solo, jobs[i], template_name, opt, fn).result()
                 except BrokenProcessPool:
                     solo.shutdown(wait=False, cancel_futures=True)
                     solo = None
