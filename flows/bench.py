@@ -135,17 +135,21 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None,
         raise ValueError(f"{scans} holds {len(files)} scans, not {count}: ingest reads them all; "
                          f"use another --data-dir")
     _warm_up()  # start the (temporary) Prefect API outside the timed run, as a server would be
-    rss_before = _peak_rss_mb()
-    t0 = time.perf_counter()
-    for f in files:
-        cv2.imdecode(np.frombuffer(f.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
-    decode_only = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    summary = ingest_flow(force=True)
-    wall = time.perf_counter() - t0
-    peak_rss = _peak_rss_mb()  # before the baselines below load anything else
     from tasks import workers
 
+    rss_before = _peak_rss_mb()
+    t0, c0 = time.perf_counter(), _cpu_s()
+    for f in files:
+        cv2.imdecode(np.frombuffer(f.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
+    decode_only, decode_cpu = time.perf_counter() - t0, _cpu_s() - c0
+    # CPU seconds of this process (all threads) and of the worker processes: on a shared
+    # machine the wall time depends on what else runs, the CPU time much less
+    t0, c0, w0 = time.perf_counter(), _cpu_s(), workers.cpu_seconds()
+    summary = ingest_flow(force=True)
+    wall = time.perf_counter() - t0
+    flow_cpu = _cpu_s() - c0
+    worker_cpu = workers.cpu_seconds() - w0  # workers started during the run count from 0
+    peak_rss = _peak_rss_mb()  # before the baselines below load anything else
     worker_rss = workers.peak_rss_mb()  # the worker processes preparing scans, if any
     from sqlalchemy import select
 
@@ -170,6 +174,11 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None,
         "decode_only_s": round(decode_only, 2),
         "wall_s": round(wall, 2),
         "wall_over_decode": round(wall / decode_only, 2),
+        "decode_only_cpu_s": round(decode_cpu, 2),
+        "cpu_s": {"flow_process": round(flow_cpu, 2), "workers": round(worker_cpu, 2),
+                  "total": round(flow_cpu + worker_cpu, 2)},
+        # the ingest's CPU over decoding's: what wall / decode would be on one free core
+        "cpu_over_decode": round((flow_cpu + worker_cpu) / decode_cpu, 2) if decode_cpu > 0 else None,
         "stage_s": stages,
         "prepare_wall_s": round(prepare_wall, 2) if prepare_wall is not None else None,
         "prepare_threads": settings.read.threads,
@@ -213,6 +222,12 @@ def _warm_up() -> None:
     warm_up()
 
 
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
@@ -224,6 +239,7 @@ def render(r: dict) -> str:
              f"{'digits/s':<26}{r['digits_per_s']}",
              f"{'decode only (s)':<26}{r['decode_only_s']}",
              f"{'wall (s)':<26}{r['wall_s']}  ({r['wall_over_decode']}x decode)",
+             f"{'CPU (s) / over decode':<26}{r.get('cpu_s')} / {r.get('cpu_over_decode')}x",
              f"{'orchestration overhead':<26}{r['orchestration_overhead']:.1%}",
              f"{'peak RSS (MB)':<26}{r['peak_rss_mb']} (with workers: {r.get('total_peak_rss_mb')})",
              f"{'digit / number accuracy':<26}{r['digit_accuracy']} / {r['number_accuracy']}",

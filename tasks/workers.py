@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -137,11 +138,29 @@ def collect(pool: ProcessPoolExecutor, jobs: Sequence[Job], futures: Sequence[Fu
     return out  # type: ignore[return-value]
 
 
+def _pids() -> list[int]:
+    with _lock:
+        return list((_pool._processes or {}).keys()) if _pool is not None else []
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds used so far by the live workers (Linux; 0 elsewhere)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0.0
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def peak_rss_mb() -> dict[str, float]:
     """Peak resident memory (VmHWM, MB) of each live worker and of the fork server (Linux)."""
     out = {}
-    with _lock:
-        pids = list((_pool._processes or {}).keys()) if _pool is not None else []
+    pids = _pids()
     from multiprocessing import forkserver
 
     server = getattr(forkserver._forkserver, "_forkserver_pid", None)
