@@ -156,8 +156,9 @@ def _prepare_in_workers(refs: list[ObjectRef], fetch, workers: int, threads: int
 @task(name="read-chunk", retries=2, retry_delay_seconds=[2, 8], cache_policy=COMPUTE["cache_policy"])
 def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracking.ModelRef,
                     template_name: str, known_hashes: set[str], force: bool) -> ChunkResult:
-    """Fetch, decode, register, crop, segment and reframe a chunk (`read.threads` scans at a
-    time); then one batched inference with the reader model (ONNX or Keras).
+    """Fetch, decode, register, crop, segment and reframe a chunk: fetched in `read.threads`
+    threads, prepared in the `read.workers` worker processes (tasks.workers), or in those
+    threads when workers is 0; then one batched inference with the reader model (ONNX or Keras).
 
     Storage errors propagate so the task retries (a flaky S3 must not turn into "unreadable"
     verdicts); a scan's own problems become its status and reason.
