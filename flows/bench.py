@@ -138,15 +138,22 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None,
         raise ValueError(f"{scans} holds {len(files)} scans, not {count}: ingest reads them all; "
                          f"use another --data-dir")
     _warm_up()  # start the (temporary) Prefect API outside the timed run, as a server would be
+    from tasks import workers
+
     rss_before = _peak_rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     for f in files:
         cv2.imdecode(np.frombuffer(f.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
-    decode_only = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    decode_only, decode_cpu = time.perf_counter() - t0, _cpu_s() - c0
+    # CPU seconds of this process (all threads) and of the worker processes: on a shared
+    # machine the wall time depends on what else runs, the CPU time much less
+    t0, c0, w0 = time.perf_counter(), _cpu_s(), workers.cpu_seconds()
     summary = ingest_flow(force=True)
     wall = time.perf_counter() - t0
+    flow_cpu = _cpu_s() - c0
+    worker_cpu = workers.cpu_seconds() - w0  # workers started during the run count from 0
     peak_rss = _peak_rss_mb()  # before the baselines below load anything else
+    worker_rss = workers.peak_rss_mb()  # the worker processes preparing scans, if any
     from sqlalchemy import select
 
     from tasks.db import Reading, Run, session_scope
@@ -170,12 +177,21 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None,
         "decode_only_s": round(decode_only, 2),
         "wall_s": round(wall, 2),
         "wall_over_decode": round(wall / decode_only, 2),
+        "decode_only_cpu_s": round(decode_cpu, 2),
+        "cpu_s": {"flow_process": round(flow_cpu, 2), "workers": round(worker_cpu, 2),
+                  "total": round(flow_cpu + worker_cpu, 2)},
+        # the ingest's CPU over decoding's: what wall / decode would be on one free core
+        "cpu_over_decode": round((flow_cpu + worker_cpu) / decode_cpu, 2) if decode_cpu > 0 else None,
         "stage_s": stages,
         "prepare_wall_s": round(prepare_wall, 2) if prepare_wall is not None else None,
         "prepare_threads": settings.read.threads,
         "work_s": round(work, 2),
         "orchestration_overhead": round(max(0.0, wall - work) / wall, 3),
         "peak_rss_mb": peak_rss,
+        "prepare_workers": settings.read.workers,
+        "workers_peak_rss_mb": worker_rss,
+        # this process plus every worker at its own peak: an upper bound of the machine's share
+        "total_peak_rss_mb": round(peak_rss + sum(worker_rss.values()), 1),
         "rss_before_ingest_mb": rss_before,
         "digit_accuracy": summary.get("digit_accuracy"),
         "number_accuracy": summary.get("number_accuracy"),
@@ -209,6 +225,12 @@ def _warm_up() -> None:
     warm_up()
 
 
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
@@ -220,11 +242,13 @@ def render(r: dict) -> str:
              f"{'digits/s':<26}{r['digits_per_s']}",
              f"{'decode only (s)':<26}{r['decode_only_s']}",
              f"{'wall (s)':<26}{r['wall_s']}  ({r['wall_over_decode']}x decode)",
+             f"{'CPU (s) / over decode':<26}{r.get('cpu_s')} / {r.get('cpu_over_decode')}x",
              f"{'orchestration overhead':<26}{r['orchestration_overhead']:.1%}",
-             f"{'peak RSS (MB)':<26}{r['peak_rss_mb']}",
+             f"{'peak RSS (MB)':<26}{r['peak_rss_mb']} (with workers: {r.get('total_peak_rss_mb')})",
              f"{'digit / number accuracy':<26}{r['digit_accuracy']} / {r['number_accuracy']}",
              f"{'load average':<26}{r['load_average']}", "",
-             f"stage seconds (summed over threads; {r['prepare_threads']} threads prepare scans, "
+             f"stage seconds (summed over threads and processes; {r.get('prepare_workers')} worker "
+             f"processes / {r['prepare_threads']} threads prepare scans, "
              f"busy {r['work_s']} s of wall):"]
     lines += [f"  {k:<24}{v}" for k, v in sorted(r["stage_s"].items(), key=lambda kv: -kv[1])]
     if "inference" in r:

@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 from prefect.states import Failed
+from prefect.utilities.annotations import quote
 
 from tasks import tracking
 from tasks.db import migrate
@@ -239,7 +240,7 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
             spans: list[tuple[float, float]] = []
             chunks = _chunks(refs, settings.read.chunk_size)
             read_args = {"settings": settings, "model_ref": model_ref, "template_name": template,
-                         "known_hashes": hashes, "force": force}
+                         "known_hashes": quote(hashes), "force": force}
             with _chunk_states(chunks, read_args, settings.dask) as states:
                 for no, (chunk, state) in enumerate(zip(chunks, states, strict=True)):
                     if state.is_failed():
@@ -251,8 +252,10 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
                     duplicates += result.duplicates
                     for k, v in result.timings.items():
                         timings[k] = timings.get(k, 0.0) + v
+                    # quote: Prefect would otherwise walk every reading, crop and array of the
+                    # chunk looking for futures, twice (that was a third of the run's CPU)
                     bad, shard_counts, t_persist, span = persist_chunk_task(
-                        result, chunk, settings, db_url, run_id, model_ref.label, template, no)
+                        quote(result), chunk, settings, db_url, run_id, model_ref.label, template, no)
                     spans += [result.span, span]
                     timings["persist"] = timings.get("persist", 0.0) + t_persist
                     misread.extend(bad[: max(0, 48 - len(misread))])

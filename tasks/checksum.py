@@ -67,55 +67,60 @@ def _logp(cands: list[tuple[int, float]]) -> dict[int, float]:
 
 
 def _knapsack(cells: list[str], logp: dict[str, dict[int, float]], limit: int
-              ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+              ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
     """Over the cells' candidate values: best[s] = max log-prob of values summing to s (with
     backpointers per cell), and mass[s] = log of the total probability of all such choices,
-    which is what makes the joint confidence honest when two readings give the same sum."""
-    best = np.full(limit + 1, NEG)
+    which is what makes the joint confidence honest when two readings give the same sum.
+    Also the mass before each cell: the prefix masses of `_prefix_masses`, already at hand.
+
+    A candidate v only touches sums >= v (below, its shifted array would be NEG, which never
+    wins and adds nothing: logaddexp(x, NEG) is x), so the updates work on slices."""
+    n = limit + 1
+    best = np.full(n, NEG)
     best[0] = 0.0
     mass = best.copy()
     back = []
+    prefixes = []
+    positions = np.arange(n)
     for c in cells:
-        new = np.full(limit + 1, NEG)
-        new_mass = np.full(limit + 1, NEG)
-        choice = np.full(limit + 1, -1, dtype=np.int64)
+        prefixes.append(mass)
+        new = np.full(n, NEG)
+        new_mass = np.full(n, NEG)
+        choice = np.full(n, -1, dtype=np.int64)
         for v, lp in logp[c].items():
             if v > limit:
                 continue
-            shifted = np.full(limit + 1, NEG)
-            shifted[v:] = best[: limit + 1 - v] + lp
-            better = shifted > new
-            new[better] = shifted[better]
-            choice[better] = v
-            shifted_mass = np.full(limit + 1, NEG)
-            shifted_mass[v:] = mass[: limit + 1 - v] + lp
-            new_mass = np.logaddexp(new_mass, shifted_mass)
+            shifted = best[: n - v] + lp
+            tail = new[v:]
+            better = shifted > tail
+            tail[better] = shifted[better]
+            choice[v:][better] = v
+            np.logaddexp(new_mass[v:], mass[: n - v] + lp, out=new_mass[v:])
         # the wildcard: any value at all, for a cell whose truth is not among its candidates
         run_best = np.maximum.accumulate(best)
-        at = np.maximum.accumulate(np.where(best >= run_best, np.arange(limit + 1), 0))
+        at = np.maximum.accumulate(np.where(best >= run_best, positions, 0))
         wild = run_best + WILDCARD
         better = wild > new
         new[better] = wild[better]
-        choice[better] = (np.arange(limit + 1) - at)[better]
+        choice[better] = (positions - at)[better]
         new_mass = np.logaddexp(new_mass, _log_cumsum(mass) + WILDCARD)
         best, mass = new, np.where(new_mass < NEG / 2, NEG, new_mass)
         back.append(choice)
-    return best, back, mass
+    return best, back, mass, prefixes
 
 
 def _prefix_masses(cells: list[str], logp: dict[str, dict[int, float]], limit: int) -> list[np.ndarray]:
     """masses[i] = log total probability of the first i cells' values summing to each s."""
-    mass = np.full(limit + 1, NEG)
+    n = limit + 1
+    mass = np.full(n, NEG)
     mass[0] = 0.0
     out = [mass]
     for c in cells[:-1]:
-        new = np.full(limit + 1, NEG)
+        new = np.full(n, NEG)
         for v, lp in logp[c].items():
             if v > limit:
                 continue
-            shifted = np.full(limit + 1, NEG)
-            shifted[v:] = mass[: limit + 1 - v] + lp
-            new = np.logaddexp(new, shifted)
+            np.logaddexp(new[v:], mass[: n - v] + lp, out=new[v:])
         new = np.logaddexp(new, _log_cumsum(mass) + WILDCARD)
         mass = np.where(new < NEG / 2, NEG, new)
         out.append(mass)
@@ -209,38 +214,39 @@ def decode(template: Template, cells: dict[str, CellReading]) -> Decoded | None:
     log_total = top + math.log(sum(math.exp(m - top) for m in masses))
     confidence = math.exp(finite[s_best] - log_total)
     values = {root: s_best}
-    groups: list[tuple[list[str], np.ndarray]] = []  # leaf cells summing to the root value
+    # leaf cells summing to the root value, their mass and their prefix masses
+    groups: list[tuple[list[str], np.ndarray, list[np.ndarray]]] = []
     for _r, parts, leaves, ks in plans:
         if ks is not None and all(sub is None for _, sub in parts):
             values.update(_unwind(leaves, ks[1], s_best))
-            groups.append((leaves, ks[2]))
+            groups.append((leaves, ks[2], ks[3]))
             continue
         for a, sub in parts:
             values[a] = s_best
             if sub is not None:
                 values.update(_unwind(sub[0], sub[2], s_best))
-                groups.append((sub[0], sub[3]))
+                groups.append((sub[0], sub[3], sub[4]))
     mass_by_s = dict(zip(finite, masses, strict=True))
     root_marginal = math.exp(mass_by_s[s_best] - log_total)
     marginals = {c: root_marginal for c in values}
-    for leaves, group_mass in groups:
+    for leaves, group_mass, prefix in groups:
         rest = {s: mass_by_s[s] - group_mass[s] for s in finite if group_mass[s] > NEG / 2}
-        prefix = _prefix_masses(leaves, logp, limit)
         suffix = _prefix_masses(leaves[::-1], logp, limit)[::-1]
         for i, c in enumerate(leaves):
             v = values[c]
+            own_or_wild = np.logaddexp(logp[c].get(v, NEG), WILDCARD)
+            pre_i, suf_i = prefix[i], suffix[i]
             terms = []
             for s, r in rest.items():
                 t = s - v
                 if t < 0:
                     continue
-                pre, suf = prefix[i][: t + 1], suffix[i][t::-1]
-                both = pre + suf
-                if both.max() <= NEG / 2:
-                    continue
+                both = pre_i[: t + 1] + suf_i[t::-1]
                 m = both.max()
-                own = logp[c].get(v, NEG)
-                terms.append(r + np.logaddexp(own, WILDCARD) + m + math.log(np.exp(both - m).sum()))
+                if m <= NEG / 2:
+                    continue
+                both -= m
+                terms.append(r + own_or_wild + m + math.log(np.exp(both, out=both).sum()))
             if terms:
                 top_t = max(terms)
                 lse = top_t + math.log(sum(math.exp(t - top_t) for t in terms))

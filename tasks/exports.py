@@ -78,14 +78,29 @@ def collect(readings: list[ScanReading], labels: dict[str, dict[str, int]], max_
 
 
 def npz_bytes(**arrays: np.ndarray) -> bytes:
-    """A compressed .npz (as `np.savez_compressed`, which `np.load` reads) at zlib level 1:
-    4x faster than the default level for 8 % more bytes; it was most of `persist`'s time."""
+    """A compressed .npz (as `np.savez_compressed`, which `np.load` reads) at level 1: 4x
+    faster than zlib's default level for 8 % more bytes. The deflate stream comes from ISA-L
+    when installed (`isal`): the same format and about the same size, 5x faster than zlib's
+    level 1 here (it was most of `persist`'s time, in the flow's process)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for name, value in arrays.items():
             with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                _fast_deflate(fh)
                 np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
     return buf.getvalue()
+
+
+def _fast_deflate(fh) -> None:
+    """Swap the zip entry's zlib compressor (raw deflate, level 1) for ISA-L's, before any byte
+    is written; zipfile still writes the CRC and sizes. Without isal, or with a zipfile that
+    has no such compressor, zlib stays."""
+    try:
+        from isal import isal_zlib
+    except ImportError:  # pragma: no cover - isal is a dependency
+        return
+    if getattr(fh, "_compressor", None) is not None and getattr(fh, "_compress_size", 1) == 0:
+        fh._compressor = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15)
 
 
 def shard_payloads(sh: Shards) -> dict[str, bytes]:

@@ -5,6 +5,7 @@ good leaves the other chunks' results written.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -122,11 +123,42 @@ def discover_task(settings: Settings, source: str, model_version: str, since: da
     return new, len(refs) - len(new)
 
 
+def _prepare_in_workers(refs: list[ObjectRef], fetch, workers: int, threads: int, template_name: str,
+                        opt: ReadOptions) -> list[tuple[str, list[PreparedScan], float]]:
+    """Fetch in `threads` threads (I/O), prepare in the shared pool of worker processes: each
+    scan goes to the pool as soon as its bytes are in."""
+    from tasks import workers as worker_pool
+
+    pool = worker_pool.get_pool(workers)
+
+    def fetch_and_submit(ref: ObjectRef):
+        outcome, got, digest, t_fetch = fetch(ref)
+        job = (got, ref.uri, digest) if outcome == "read" else None
+        future = worker_pool.submit(pool, job, template_name, opt) if job is not None else None
+        return outcome, got, t_fetch, job, future
+
+    if threads > 1:
+        with ThreadPoolExecutor(threads, thread_name_prefix="fetch") as fetchers:
+            fetched = list(fetchers.map(fetch_and_submit, refs))
+    else:
+        fetched = [fetch_and_submit(ref) for ref in refs]
+    sent = [(job, future) for *_, job, future in fetched if job is not None]
+    pages = iter(worker_pool.collect(pool, [j for j, _ in sent], [f for _, f in sent], template_name, opt))
+    out = []
+    for outcome, got, t_fetch, job, _ in fetched:
+        if job is not None:
+            out.append(("read", next(pages), t_fetch))
+        else:
+            out.append(("read" if outcome == "done" else outcome, got or [], t_fetch))
+    return out
+
+
 @task(name="read-chunk", retries=2, retry_delay_seconds=[2, 8], cache_policy=COMPUTE["cache_policy"])
 def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracking.ModelRef,
                     template_name: str, known_hashes: set[str], force: bool) -> ChunkResult:
-    """Fetch, decode, register, crop, segment and reframe a chunk (`read.threads` scans at a
-    time); then one batched inference with the reader model (ONNX or Keras).
+    """Fetch, decode, register, crop, segment and reframe a chunk: fetched in `read.threads`
+    threads, prepared in the `read.workers` worker processes (tasks.workers), or in those
+    threads when workers is 0; then one batched inference with the reader model (ONNX or Keras).
 
     Storage errors propagate so the task retries (a flaky S3 must not turn into "unreadable"
     verdicts); a scan's own problems become its status and reason.
@@ -136,25 +168,38 @@ def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracki
     opt = read_options(settings)
     model = tracking.load_reader_model(model_ref, settings.read.inference)
 
-    def fetch_and_prepare(ref: ObjectRef) -> tuple[str, list[PreparedScan], float]:
+    def fetch(ref: ObjectRef) -> tuple[str, bytes | list[PreparedScan] | None, str, float]:
+        """What to do with one object: ("read", its bytes, hash, seconds); "done" with its
+        record when it is refused; "vanished" or "duplicate" when there is nothing to read."""
         if ref.refused:  # recorded, never opened; keyed by its name, as it has no content
-            return "read", [PreparedScan(ref.uri, content_hash(f"refused:{ref.uri}".encode()),
-                                         "unreadable", f"refused: {ref.refused}")], 0.0
+            return "done", [PreparedScan(ref.uri, content_hash(f"refused:{ref.uri}".encode()),
+                                         "unreadable", f"refused: {ref.refused}")], "", 0.0
         t0 = time.perf_counter()
         fs, path = filesystem(ref.uri, settings)
         try:
             data = fs.cat_file(path)
         except FileNotFoundError:
-            return "vanished", [], 0.0  # deleted since listing: nothing to read, nothing lost
+            return "vanished", None, "", 0.0  # deleted since listing: nothing to read, nothing lost
         t_fetch = time.perf_counter() - t0
         digest = content_hash(data)
         if not force and digest in known_hashes:
-            return "duplicate", [], t_fetch
-        return "read", list(prepare_pages(data, ref.uri, digest, template, opt)), t_fetch  # one per page
+            return "duplicate", None, digest, t_fetch
+        return "read", data, digest, t_fetch
+
+    def fetch_and_prepare(ref: ObjectRef) -> tuple[str, list[PreparedScan], float]:
+        outcome, got, digest, t_fetch = fetch(ref)
+        if outcome == "read":  # one per page
+            return "read", list(prepare_pages(got, ref.uri, digest, template, opt)), t_fetch
+        return ("read" if outcome == "done" else outcome), got or [], t_fetch
 
     t0 = time.perf_counter()
     threads = min(settings.read.threads, len(refs))
-    if threads > 1:
+    workers = settings.read.workers
+    if workers and multiprocessing.current_process().daemon:
+        workers = 0  # a daemonic process (a Dask worker) may not start processes: use threads
+    if workers:
+        outcomes = _prepare_in_workers(refs, fetch, workers, threads, template_name, opt)
+    elif threads > 1:
         with ThreadPoolExecutor(threads, thread_name_prefix="prepare") as pool:
             outcomes = list(pool.map(fetch_and_prepare, refs))
     else:

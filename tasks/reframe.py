@@ -73,7 +73,8 @@ def reframe_mnist(img: np.ndarray) -> np.ndarray:
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     small = _resize(crop, nw, nh)
     total = float(small.sum())
-    yy, xx = np.mgrid[0:nh, 0:nw]
+    # the same int64 x float32 products as with np.mgrid, broadcast instead of materialised
+    yy, xx = np.arange(nh)[:, None], np.arange(nw)[None, :]
     cy, cx = float((yy * small).sum() / total), float((xx * small).sum() / total)
     shift = np.float32([[1, 0, SIZE / 2 - 0.5 - cx], [0, 1, SIZE / 2 - 0.5 - cy]])
     return cv2.warpAffine(small, shift, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderValue=0)

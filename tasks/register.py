@@ -83,11 +83,48 @@ def _rotate(img: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
     return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0), m
 
 
+def opened_profile(mask: np.ndarray, length: int) -> np.ndarray:
+    """Ink pixels per row after an OpenCV opening by a 1 x `length` rectangle (default anchor
+    and borders: outside the image counts as ink for the erosion, as paper for the dilation),
+    computed from the runs of ink instead of two O(length) filters over the whole image.
+
+    For a run [s, e] of a row of width w, with anchor a = length // 2, the erosion keeps x where
+    the window [x - a, x - a + length - 1] holds only the run (or the outside), and the dilation
+    then covers [x + a - length + 1, x + a]: the run itself (shifted by one for even lengths,
+    and clipped at the borders). Runs are apart, so their covers are too, and the row's count
+    is the sum of theirs. Float64, as find_rules used it."""
+    h, w = mask.shape
+    a = length // 2
+    ink = mask > 0
+    # a row can keep ink only with a run of min(length - a, a + 1, w) pixels or more
+    rows = np.flatnonzero(np.count_nonzero(ink, axis=1) >= min(length - a, a + 1, w))
+    profile = np.zeros(h, np.float64)
+    if len(rows) == 0:
+        return profile
+    edges = np.zeros((len(rows), w + 2), np.int8)
+    edges[:, 1:-1] = ink[rows]
+    step = np.diff(edges, axis=1)
+    r, s = np.nonzero(step == 1)  # run starts, row-major
+    e = np.nonzero(step == -1)[1] - 1  # run ends (inclusive), in the same order
+    x0 = np.where(s == 0, 0, s + a)
+    x1 = np.where(e == w - 1, w - 1, e + a - length + 1)
+    x0, x1 = np.maximum(x0, 0), np.minimum(x1, w - 1)
+    kept = x0 <= x1
+    lo = np.maximum(x0 + a - length + 1, 0)
+    hi = np.minimum(x1 + a, w - 1)
+    count = np.where(kept, hi - lo + 1, 0)
+    profile[rows] = np.bincount(r, weights=count, minlength=len(rows))
+    return profile
+
+
 def find_rules(mask: np.ndarray, axis: int, min_len: int) -> np.ndarray:
     """Centre positions of long straight rules: axis 0 = horizontal rules (their y)."""
-    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (min_len, 1) if axis == 0 else (1, min_len))
-    lines = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
-    profile = (lines > 0).sum(axis=1 if axis == 0 else 0).astype(np.float64)
+    if axis == 0:  # rows of ink: from their runs, several times faster than the filters
+        profile = opened_profile(mask, min_len)
+    else:  # columns: OpenCV's vertical filters cost less than transposing for the runs
+        kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (1, min_len))
+        lines = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+        profile = (lines > 0).sum(axis=0).astype(np.float64)
     hit = profile >= min_len
     centres = []
     i = 0
@@ -114,6 +151,33 @@ def _nearest_distance(ordered: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.minimum(np.abs(left - pred), np.abs(right - pred))
 
 
+def _count_bounds(template_pos: np.ndarray, ordered: np.ndarray, scales: np.ndarray,
+                  per_scale: list[np.ndarray], tol: float) -> list[np.ndarray]:
+    """For each scale and each of its integer offsets o: how many template rules t have a found
+    rule f with |f - (s*t + o)| <= tol, counted over the union of the integer intervals
+    [f - s*t - tol, f - s*t + tol] of each template rule (one histogram for all scales)."""
+    c = ordered[None, None, :] - scales[:, None, None] * template_pos[None, :, None]  # (s, t, f)
+    lo, hi = np.ceil(c - tol), np.floor(c + tol)
+    # the found rules are sorted, so each interval starts after the previous one starts: cut
+    # its overlap with the previous one, so that a template rule counts once per offset
+    lo[..., 1:] = np.maximum(lo[..., 1:], hi[..., :-1] + 1)
+    valid = lo <= hi
+    base = float(lo.min()) if lo.size else 0.0
+    span = int(hi.max() - base) + 2
+    row = np.arange(len(scales))[:, None, None] * span
+    starts = (lo - base).astype(np.int64) + row
+    ends = (hi + 1 - base).astype(np.int64) + row
+    delta = (np.bincount(starts[valid], minlength=len(scales) * span)
+             - np.bincount(ends[valid], minlength=len(scales) * span))
+    counts = np.cumsum(delta.reshape(len(scales), span), axis=1)
+    out = []
+    for i, offsets in enumerate(per_scale):
+        idx = (offsets - base).astype(np.int64)
+        inside = (idx >= 0) & (idx < span)
+        out.append(np.where(inside, counts[i, np.clip(idx, 0, span - 1)], 0))
+    return out
+
+
 def fit_axis(
     template_pos: np.ndarray, found: np.ndarray, scales: np.ndarray
 ) -> tuple[float, float, int, float]:
@@ -127,8 +191,22 @@ def fit_axis(
     tol = MATCH_TOL * 1.5
     best = (0, float("inf"), 1.0, 0.0)
     ordered = np.sort(found)
-    for s in scales:
-        offsets = np.unique(np.round((found[None, :] - s * template_pos[:, None]).ravel()))
+    per_scale = [np.unique(np.round((found[None, :] - s * template_pos[:, None]).ravel())) for s in scales]
+    # Only proposals that may match as many rules as the best one are scored. Bounds of each
+    # proposal's count (a template rule counts when some found rule lies within tol of its
+    # prediction) come from integer intervals, a hair wider and narrower than tol so that
+    # rounding cannot exclude the winner; the winner and its score are exactly as if every
+    # proposal had been scored (the bounds only skip proposals that cannot win).
+    if len(template_pos) * len(found) > 100:  # few pairs (the vertical rules): score them all
+        upper = _count_bounds(template_pos, ordered, scales, per_scale, tol + 1e-6)
+        lower = _count_bounds(template_pos, ordered, scales, per_scale, tol - 1e-6)
+        need = max(int(b.max()) for b in lower)
+    else:
+        upper, need = per_scale, -np.inf  # every proposal passes
+    for s, all_offsets, bound in zip(scales, per_scale, upper, strict=True):
+        offsets = all_offsets[bound >= need]
+        if len(offsets) == 0:
+            continue
         pred = s * template_pos[None, :] + offsets[:, None]  # (o, t)
         near = _nearest_distance(ordered, pred)  # (o, t)
         hits = near <= tol
@@ -160,7 +238,7 @@ def register(gray: np.ndarray, template: Template) -> Alignment:
         return Alignment(False, identity, 0.0, (1.0, 1.0), 0.0, float("inf"), "empty image")
     small = cv2.resize(gray, None, fx=WORK_SCALE, fy=WORK_SCALE, interpolation=cv2.INTER_AREA)
     mask = ink_mask(small)
-    ink_share = float((mask > 0).mean())
+    ink_share = cv2.countNonZero(mask) / mask.size  # (mask > 0).mean(): the same division
     if ink_share < 0.003:
         return Alignment(False, identity, 0.0, (1.0, 1.0), 0.0, float("inf"), "blank page: no ink found")
     reg = template.registration

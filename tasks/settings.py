@@ -91,6 +91,9 @@ class ReadSettings(_Section):
     # Scans of a chunk prepared (decode to reframe) in parallel threads; OpenCV and NumPy
     # release the GIL for most of that work. 1: one after another.
     threads: int = Field(default=2, ge=1)
+    # Worker processes preparing scans (decode to reframe), shared by all chunks of a process;
+    # 0: prepare in the `threads` above, in this process. Threads then only fetch.
+    workers: int = Field(default=2, ge=0)
     max_pages: int = Field(default=100, ge=1)
     pdf_dpi: int = Field(default=200, ge=36, le=600)
     suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".pdf")

@@ -58,3 +58,25 @@ def test_blank_page_and_another_form_are_refused(template):
         cv2.line(other, (150, y), (1550, y), 0, 3)
     b, _ = register_upright(other, template)
     assert not b.ok and "form not recognised" in b.reason
+
+
+def test_opened_profile_is_opencvs_opening_counted_per_row():
+    """The run-based profile equals OpenCV's opening by a 1 x L rectangle, counted per row:
+    odd and even L, runs touching the borders, rows shorter than L."""
+    import cv2
+    import numpy as np
+
+    from tasks.register import opened_profile
+
+    rng = np.random.default_rng(5)
+    for trial in range(400):
+        h, w, length = int(rng.integers(1, 30)), int(rng.integers(1, 90)), int(rng.integers(1, 100))
+        mask = (rng.random((h, w)) < rng.choice([0.5, 0.9, 1.0])).astype(np.uint8) * 255
+        if trial % 2:
+            mask[:] = 0
+            for _ in range(int(rng.integers(0, 5))):
+                r, a = int(rng.integers(0, h)), int(rng.integers(0, w))
+                mask[r, a : int(rng.integers(a, w + 1))] = 255
+        kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1))
+        expected = (cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel) > 0).sum(axis=1).astype(np.float64)
+        assert np.array_equal(opened_profile(mask, length), expected), (h, w, length)

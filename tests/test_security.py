@@ -25,7 +25,10 @@ def write_secrets(path: Path, text: str, mode: int = 0o600) -> Path:
 @pytest.fixture
 def clean_secret_env(monkeypatch, cifras_env):
     for key in ("CIFRAS_DATABASE_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.delenv(key, raising=False)  # restored (removed) after the test
+        # set, then delete: monkeypatch records a variable only when it exists, and the
+        # secrets file sets these in os.environ, so an unrecorded one would outlive the test
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)  # restored (removed, if it was absent) after the test
     return monkeypatch
 
 

@@ -1,0 +1,177 @@
+"""Worker processes that prepare scans (decode, register, crop, segment, reframe).
+
+Those stages are pure functions, and much of their time is Python and small NumPy calls that
+hold the GIL, so threads in one process barely use a second core. `read.workers` processes
+each take one scan at a time: the parent sends the file's bytes and gets back the small
+`PreparedScan` (cell crops, digit inputs), never the decoded page.
+
+- One pool per process, started on first use and reused by every chunk and run after it
+  (starting workers costs about a second). The processes come from a fork server, which
+  starts from a fresh interpreter, so TensorFlow, ONNX Runtime or Prefect threads of the
+  parent are never forked. Workers import only the reading modules, not the model.
+- OpenCV runs one thread per worker: the workers are the parallelism.
+- A worker that dies (a segfault in a decoder, the OOM killer) breaks the pool. The scans
+  that were in flight are then prepared again one at a time in a private one-worker pool, so
+  that the scan that kills its worker is known: it gets the reason, the others their reading,
+  and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from tasks.read import PreparedScan, ReadOptions, prepare_pages
+
+CRASHED = "the reader's worker process died on this scan ({})"
+
+_lock = threading.Lock()
+_pool: ProcessPoolExecutor | None = None
+_pool_size = 0
+
+
+def _context():
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" in methods:
+        ctx = multiprocessing.get_context("forkserver")
+        # preload the reading modules once in the fork server, and not the parent's __main__
+        ctx.set_forkserver_preload(["tasks.workers"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _prepare_job(data: bytes, uri: str, digest: str, template_name: str, opt: ReadOptions
+                 ) -> list[PreparedScan]:
+    from tasks.template import load_template
+
+    return prepare_pages(data, uri, digest, load_template(template_name), opt)
+
+
+def _new_pool(size: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(size, mp_context=_context(), initializer=_init_worker)
+
+
+def get_pool(size: int) -> ProcessPoolExecutor:
+    """The process's shared pool of `size` workers (replaced if its size changed)."""
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size != size:
+            if _pool is not None:
+                _pool.shutdown(wait=False, cancel_futures=True)
+            _pool, _pool_size = _new_pool(size), size
+        return _pool
+
+
+def _discard(pool: ProcessPoolExecutor) -> None:
+    """Forget a broken pool, unless another thread has already replaced it."""
+    global _pool
+    with _lock:
+        if _pool is pool:
+            _pool = None
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def shutdown() -> None:
+    global _pool
+    with _lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+atexit.register(shutdown)
+
+
+Job = tuple[bytes, str, str]  # file bytes, URI, content hash
+
+
+def submit(pool: ProcessPoolExecutor, job: Job, template_name: str, opt: ReadOptions,
+           fn: Callable = _prepare_job) -> Future:
+    """Prepare one scan file in the pool (`fn`: a module-level function with the signature of
+    `_prepare_job`, which the tests replace)."""
+    data, uri, digest = job
+    return pool.submit(fn, data, uri, digest, template_name, opt)
+
+
+def collect(pool: ProcessPoolExecutor, jobs: Sequence[Job], futures: Sequence[Future],
+            template_name: str, opt: ReadOptions, fn: Callable = _prepare_job
+            ) -> list[list[PreparedScan]]:
+    """The pages of each job, in order. Jobs lost to a dead worker are prepared again, one at a
+    time in a private pool; a job that kills that worker too is recorded as unreadable.
+    Exceptions of `prepare_pages` itself (a bug, not bad input) propagate."""
+    out: list[list[PreparedScan] | None] = []
+    lost = []
+    for i, f in enumerate(futures):
+        try:
+            out.append(f.result())
+        except BrokenProcessPool:
+            out.append(None)
+            lost.append(i)
+    if lost:
+        _discard(pool)
+        solo: ProcessPoolExecutor | None = None
+        try:
+            for i in lost:
+                solo = solo or _new_pool(1)
+                try:
+                    out[i] = submit(solo, jobs[i], template_name, opt, fn).result()
+                except BrokenProcessPool:
+                    solo.shutdown(wait=False, cancel_futures=True)
+                    solo = None
+                    _, uri, digest = jobs[i]
+                    out[i] = [PreparedScan(uri, digest, "unreadable",
+                                           CRASHED.format("killed or crashed while reading it"))]
+        finally:
+            if solo is not None:
+                solo.shutdown(wait=True)
+    return out  # type: ignore[return-value]
+
+
+def _pids() -> list[int]:
+    with _lock:
+        return list((_pool._processes or {}).keys()) if _pool is not None else []
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds used so far by the live workers (Linux; 0 elsewhere)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0.0
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def peak_rss_mb() -> dict[str, float]:
+    """Peak resident memory (VmHWM, MB) of each live worker and of the fork server (Linux)."""
+    out = {}
+    pids = _pids()
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    for name, pid in [*((f"worker-{i}", p) for i, p in enumerate(pids)), ("forkserver", server)]:
+        if pid is None:
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        out[name] = round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            continue
+    return out

@@ -1,0 +1,118 @@
+"""Scans prepared in worker processes (read.workers) read exactly as in threads, and a worker
+that dies on a scan costs that scan a reason, not the batch."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tasks import workers
+from tasks.read import ReadOptions, prepare_pages
+from tasks.storage import content_hash
+
+TEMPLATE = "telegrama_nacional_2021"
+
+
+def _kill_on_poison(data: bytes, uri: str, digest: str, template_name: str, opt: ReadOptions):
+    """A job function for the pool: dies like a segfaulting decoder on scans named poison."""
+    if "poison" in uri:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return workers._prepare_job(data, uri, digest, template_name, opt)
+
+
+def _jobs(reference_scan) -> list[tuple[bytes, str, str]]:
+    scan, _ = reference_scan
+    data = scan.read_bytes()
+    gray = cv2.imread(str(scan), cv2.IMREAD_GRAYSCALE)
+    turned = cv2.imencode(".jpg", cv2.rotate(gray, cv2.ROTATE_180))[1].tobytes()
+    blank = cv2.imencode(".png", np.full((2800, 1700), 250, np.uint8))[1].tobytes()
+    items = [(data, "file:///s/2100100001X.jpg"), (turned, "file:///s/turned.jpg"),
+             (blank, "file:///s/blank.png"), (data[:4000], "file:///s/cut.jpg"),
+             (b"", "file:///s/empty.jpg")]
+    return [(d, uri, content_hash(d)) for d, uri in items]
+
+
+def _summary(pages) -> list[tuple]:
+    out = []
+    for p in pages:
+        inputs = None if p.inputs is None else p.inputs.tobytes()
+        out.append((p.uri, p.status, p.reason, p.quality, p.notes, p.owners, inputs,
+                    {c: (s.kind, s.boxes, s.groups) for c, s in p.segs.items()},
+                    {c: crop.tobytes() for c, crop in p.crops.items()}))
+    return out
+
+
+def test_worker_processes_prepare_exactly_as_this_process(reference_scan, template):
+    opt = ReadOptions()
+    jobs = _jobs(reference_scan)
+    here = [prepare_pages(d, uri, digest, template, opt) for d, uri, digest in jobs]
+    pool = workers.get_pool(2)
+    futures = [workers.submit(pool, job, TEMPLATE, opt) for job in jobs]
+    there = workers.collect(pool, jobs, futures, TEMPLATE, opt)
+    assert [_summary(p) for p in there] == [_summary(p) for p in here]
+    statuses = [p[0].status for p in there]
+    assert statuses == ["ok", "ok", "unaligned", "unreadable", "unreadable"]
+    assert workers.get_pool(2) is pool  # reused, not restarted per chunk
+    peaks = workers.peak_rss_mb()
+    assert {"worker-0", "forkserver"} <= set(peaks) and all(v > 0 for v in peaks.values())
+
+
+def test_a_scan_that_kills_its_worker_gets_a_reason_and_the_others_are_read(reference_scan):
+    opt = ReadOptions()
+    jobs = _jobs(reference_scan)[:3]
+    poison = (jobs[0][0], "file:///s/poison.jpg", "p0")
+    jobs = [jobs[0], poison, *jobs[1:]]
+    pool = workers.get_pool(2)
+    futures = [workers.submit(pool, job, TEMPLATE, opt, _kill_on_poison) for job in jobs]
+    got = workers.collect(pool, jobs, futures, TEMPLATE, opt, _kill_on_poison)
+    assert [p[0].uri for p in got] == [uri for _, uri, _ in jobs]
+    assert [p[0].status for p in got] == ["ok", "unreadable", "ok", "unaligned"]
+    assert got[1][0].reason.startswith("the reader's worker process died on this scan")
+    assert got[1][0].content_hash == "p0"
+    # the broken pool was replaced: the next chunk gets a working one
+    fresh = workers.get_pool(2)
+    assert fresh is not pool
+    again = workers.collect(fresh, jobs[:1], [workers.submit(fresh, jobs[0], TEMPLATE, opt)], TEMPLATE, opt)
+    assert again[0][0].status == "ok"
+
+
+@pytest.mark.slow
+def test_ingest_in_worker_processes_reads_like_threads(reading_env: Path, monkeypatch):
+    """The same telegrams (and a corrupt file) ingested with read.workers 0 (threads) and 2
+    (processes): identical readings and reasons, each stored once."""
+    from sqlalchemy import select
+
+    from flows.generate import generate_flow
+    from flows.ingest import ingest_flow
+    from tasks.db import Reading, Scan, session_scope
+    from tasks.settings import load_settings
+
+    monkeypatch.setenv("CIFRAS_READ__CHUNK_SIZE", "3")
+    generate_flow(count=5, seed=29)
+    settings = load_settings()
+    scans = Path(settings.scans_uri.removeprefix("file://"))
+    (scans / "2100100099X.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+    def stored() -> tuple[list[tuple], list[tuple]]:
+        with session_scope(settings.db_url) as s:
+            cells = list(s.execute(select(Reading.content_hash, Reading.cell_id, Reading.value,
+                                          Reading.digits, Reading.status, Reading.confidence,
+                                          Reading.reason).order_by(Reading.content_hash, Reading.cell_id)))
+            files = list(s.execute(select(Scan.content_hash, Scan.status, Scan.reason, Scan.quality)
+                                   .order_by(Scan.content_hash)))
+        return cells, files
+
+    monkeypatch.setenv("CIFRAS_READ__WORKERS", "0")
+    threads = ingest_flow()
+    before = stored()
+    monkeypatch.setenv("CIFRAS_READ__WORKERS", "2")
+    processes = ingest_flow(force=True)
+    assert threads["scans"] == processes["scans"] == 6
+    assert processes["read"] == threads["read"] == 5 and processes["unreadable"] == 1
+    assert len(before[0]) == 5 * 31 and stored() == before
+    assert processes["digit_accuracy"] == threads["digit_accuracy"]
