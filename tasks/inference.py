@@ -1,6 +1,6 @@
 """Batched digit inference on the reused model, with Keras or ONNX Runtime.
 
-ONNX Runtime runs the same weights about 3x faster than Keras `predict` here, so the reader
+ONNX Runtime runs the same weights 2.4-2.9x faster than Keras `predict` here, so the reader
 uses it when the registered version carries an ONNX export that was checked against Keras
 (same argmax on every MNIST test digit) at registration.
 """
