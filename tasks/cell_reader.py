@@ -125,7 +125,7 @@ def slant_of(clean: np.ndarray, shears: np.ndarray = SHEARS) -> float:
     return best
 
 
-def prepare_cell(gray: np.ndarray, max_digits: int, slanted_cuts: bool = True):
+def prepare_cell(gray: np.ndarray, max_digits: int):
     """Segmentation of one cell image (grey, dark ink on light paper)."""
     gray = clean_margins(gray)
     if writing_fills_crop(gray):
@@ -137,7 +137,7 @@ def prepare_cell(gray: np.ndarray, max_digits: int, slanted_cuts: bool = True):
         clean = keep_writing(gray)
     framed = cv2.copyMakeBorder(clean, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
     framed[:PAD], framed[-PAD:], framed[:, :PAD], framed[:, -PAD:] = 255, 255, 255, 255
-    return segment_cell(framed, PAD, max_digits, shear=SLANT_SHARE * slant_of(clean) if slanted_cuts else 0.0)
+    return segment_cell(framed, PAD, max_digits, shear=SLANT_SHARE * slant_of(clean))
 
 
 @dataclass(frozen=True)
