@@ -49,10 +49,26 @@ class Segmentation:
     notes: list[str] = field(default_factory=list)
 
 
+def percentile_u8(img: np.ndarray, q: float) -> float:
+    """`np.percentile(img.astype(np.float32), q)` for an 8-bit image, from its histogram: the
+    same value (NumPy's linear interpolation between order statistics, in float32) without
+    sorting, which took a fifth of a cell's segmentation."""
+    if img.dtype != np.uint8 or img.size == 0:
+        return float(np.percentile(img.astype(np.float32), q))
+    cum = np.cumsum(cv2.calcHist([img], [0], None, [256], [0, 256]).ravel())
+    n, share = int(cum[-1]), q / 100
+    rank = n * share + (1 + share * -1) - 1  # NumPy's virtual index, in its order of operations
+    lo = int(np.floor(rank))
+    # the values at sorted positions lo and lo + 1: the first levels with more pixels at or below
+    a, b = (np.float32(np.searchsorted(cum, k, side="right")) for k in (lo, min(lo + 1, n - 1)))
+    t = rank - lo  # a Python float, which NumPy casts to float32 wherever it meets a or b
+    return float(a + (b - a) * np.float32(t) if t < 0.5 else b - (b - a) * np.float32(1 - t))
+
+
 def ink_strength(cell: np.ndarray) -> tuple[np.ndarray, float]:
     """Ink as a 0-1 map relative to this cell's paper level, and the cell's contrast."""
     g = cell.astype(np.float32)
-    paper = float(np.percentile(g, 90))
+    paper = percentile_u8(cell, 90)
     # the darkest stroke, after a blur so that a lone dark pixel does not count as ink
     dark = float(cv2.blur(cell, (3, 3)).min())
     contrast = paper - dark

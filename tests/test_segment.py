@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 
-from tasks.segment import crop_cell, segment_cell
+from tasks.segment import crop_cell, percentile_u8, segment_cell
 
 PAD = 8
 H, W = 60 + 2 * PAD, 200 + 2 * PAD
@@ -178,3 +178,20 @@ def test_a_lead_in_stroke_does_not_become_a_piece_of_its_own():
     height = seg.boxes[seg.groups[0][0][0]][3]
     assert all(seg.boxes[i][2] >= 0.3 * height for i in pair)
     assert all(seg.boxes[i][3] >= 0.8 * height for i in pair)  # each piece holds a whole zero
+
+
+def test_histogram_percentile_is_numpys_percentile():
+    """The paper level comes from a histogram; it must be exactly NumPy's value, or cells near
+    the ink threshold would read differently from before."""
+    rng = np.random.default_rng(7)
+    for k in range(3000):
+        h, w = int(rng.integers(1, 90)), int(rng.integers(1, 300))
+        if k % 3 == 0:
+            img = rng.integers(0, 256, (h, w))
+        elif k % 3 == 1:
+            img = np.clip(rng.normal(200, 40, (h, w)), 0, 255)
+        else:
+            img = rng.choice([0, 3, 254, 255], (h, w))
+        img = img.astype(np.uint8)
+        for q in (10, 50, 90, 99.9):
+            assert percentile_u8(img, q) == float(np.percentile(img.astype(np.float32), q)), (h, w, q)
