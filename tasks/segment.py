@@ -223,17 +223,17 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
         ids = [keep[j] for j in g]
         chosen[:] = False
         chosen[ids] = True
-        mask = chosen[labels]
-        ys, xs = np.nonzero(mask)
-        boxes_masks.append(((int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
-                             int(ys.max() - ys.min() + 1)), mask))
+        # the group's box is the union of its components' boxes; its mask, within that box
+        x0, y0 = (int(min(stats[i][k] for i in ids)) for k in (0, 1))
+        x1, y1 = (int(max(stats[i][k] + stats[i][k + 2] for i in ids)) for k in (0, 1))
+        boxes_masks.append(((x0, y0, x1 - x0, y1 - y0), chosen[labels[y0:y1, x0:x1]]))
     heights = sorted(b[3] for b, _ in boxes_masks)
     tallest = heights[-1]
     # a dash: flat strokes only, much wider than tall (a 0 or "none" written as "-")
     if all(b[3] < 0.3 * core_h and b[2] > 1.8 * b[3] for b, _ in boxes_masks):
         return Segmentation("dash", reason=None)
     seg = Segmentation("digits")
-    for (bx, by, bw, bh), mask in boxes_masks:
+    for (bx, by, bw, bh), sub in boxes_masks:
         if bh < 0.3 * tallest and bw < 0.3 * tallest:
             seg.notes.append("dropped a small mark (dot or comma)")
             continue
@@ -242,7 +242,6 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
             # validation telegrams +1.1 points of numbers right, ORAND val +2.3, Danish val -0.05
             seg.notes.append("dropped a flat mark (a dash beside the digits)")
             continue
-        sub = mask[by : by + bh, bx : bx + bw]
         hypotheses = []
         for parts in candidate_splits(bw, bh, tallest, max_digits, bool(subbox_edges)):
             pieces = _split_touching(sub, parts, shear) if parts > 1 else [sub]
