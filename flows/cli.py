@@ -297,6 +297,19 @@ def bench(
     _run(lambda: run_bench(count=count, data_dir=data_dir, baselines=baselines), as_json, render)
 
 
+@app.command("registration-error")
+def registration_error_cmd(
+    count: int = typer.Option(200, help="Generated scans to register."),
+    seed: int = typer.Option(777, help="Generator seed (keep it apart from evaluation seeds)."),
+    digits: str = typer.Option("usps:train", help="Handwriting pool of the generated scans."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """How far registration puts the cells from their true place, on generated scans."""
+    from flows.registration_error import registration_error
+
+    _run(lambda: registration_error(count, seed, digits), as_json)
+
+
 @app.command("fine-tune")
 def fine_tune_cmd(
     shards: list[str] = typer.Argument(..., help="Digit shards: npz files or folders (URLs)."),

@@ -33,16 +33,23 @@ def mesa_for(seed: int, index: int) -> MesaId:
     return MesaId(DISTRITO, 100 + seed % 900, str(400 + seed % 600), index + 1)
 
 
-def render_one(template: Template, pool, seed: int, index: int) -> tuple[MesaId, dict[str, int], bytes]:
-    """One telegram: values obeying the form's relations, handwriting, scan effects, JPEG."""
+def render_scan(template: Template, pool, seed: int, index: int
+                ) -> tuple[MesaId, dict[str, int], bytes, np.ndarray]:
+    """One telegram: values obeying the form's relations, handwriting, scan effects, JPEG; and
+    the true template -> scan map, for measuring registration."""
     rng = np.random.default_rng([seed, index])
     mesa = mesa_for(seed, index)
     values = sample_values(template, rng)
     text = sample_mesa_text(rng)
     text.update({"mesa": str(mesa.mesa), "code": mesa.code, "circuito": mesa.circuito})
     page, _written = render_telegram(template, values, pool, rng, sample_writer(rng), text)
-    scan, _matrix = degrade(page, rng)
-    return mesa, values, encode_jpeg(scan, rng)
+    scan, matrix = degrade(page, rng)
+    return mesa, values, encode_jpeg(scan, rng), matrix
+
+
+def render_one(template: Template, pool, seed: int, index: int) -> tuple[MesaId, dict[str, int], bytes]:
+    mesa, values, jpeg, _matrix = render_scan(template, pool, seed, index)
+    return mesa, values, jpeg
 
 
 @task(name="render-chunk", **COMPUTE)

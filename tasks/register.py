@@ -43,8 +43,9 @@ def ink_mask(gray: np.ndarray) -> np.ndarray:
     return cv2.compare(gray, cv2.subtract(blur, 40), cv2.CMP_LT)
 
 
-def estimate_skew(mask: np.ndarray, angles: np.ndarray | None = None) -> float:
-    """Angle (degrees, positive = counter-clockwise content) that makes rows of ink horizontal."""
+def estimate_skew(mask: np.ndarray, angles: np.ndarray | None = None, max_points: int = 60000) -> float:
+    """Angle (degrees, positive = counter-clockwise content) that makes rows of ink horizontal,
+    from a random sample of at most `max_points` ink pixels."""
     points = cv2.findNonZero(mask)  # row-major as np.nonzero, several times faster
     if points is None or len(points) < 100:
         return 0.0
@@ -52,8 +53,8 @@ def estimate_skew(mask: np.ndarray, angles: np.ndarray | None = None) -> float:
     xs, ys = points[:, 0], points[:, 1]
     if len(xs) < 100:
         return 0.0
-    if len(xs) > 60000:
-        idx = np.random.default_rng(0).choice(len(xs), 60000, replace=False)
+    if len(xs) > max_points:
+        idx = np.random.default_rng(0).choice(len(xs), max_points, replace=False)
         ys, xs = ys[idx], xs[idx]
     xs = xs.astype(np.float64) - mask.shape[1] / 2
     ys = ys.astype(np.float64)
@@ -243,12 +244,17 @@ def register(gray: np.ndarray, template: Template) -> Alignment:
         return Alignment(False, identity, 0.0, (1.0, 1.0), 0.0, float("inf"), "blank page: no ink found")
     reg = template.registration
     tw = reg.table_box[2]
-    angle = estimate_skew(mask)
+    # Samples of 20,000 ink pixels for the first angle and 30,000 rule pixels to refine it
+    # (there were 60,000 for both): 6.5 ms less a scan, and on 200 generated scans the cells
+    # land as close to their true place (mean worst-cell error 1.58 px, was 1.59). The
+    # validation telegrams read 9 numbers fewer of 6,200 (24 gained, 33 lost, mostly in four
+    # telegrams whose fit quality rose). `cifras registration-error` measures it.
+    angle = estimate_skew(mask, max_points=20000)
     # refine on the long rules alone, which are straighter than the text around them
     straight, _ = _rotate(mask, angle)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (int(tw * WORK_SCALE * 0.2), 1))
     rules = _rotate(cv2.morphologyEx(straight, cv2.MORPH_OPEN, kernel), -angle)[0]
-    angle = estimate_skew(rules, np.arange(angle - 0.3, angle + 0.301, 0.02))
+    angle = estimate_skew(rules, np.arange(angle - 0.3, angle + 0.301, 0.02), max_points=30000)
     straight, rot = _rotate(mask, angle)
     horiz = find_rules(straight, 0, int(tw * WORK_SCALE * 0.35))
     vert = find_rules(straight, 1, int(reg.table_box[3] * WORK_SCALE * 0.35))

@@ -80,3 +80,21 @@ def test_opened_profile_is_opencvs_opening_counted_per_row():
         kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1))
         expected = (cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel) > 0).sum(axis=1).astype(np.float64)
         assert np.array_equal(opened_profile(mask, length), expected), (h, w, length)
+
+
+def test_registration_error_measures_cells_against_the_true_placement(shared_data, cifras_env, monkeypatch):
+    """The figure that speed-ups of registration are judged by: cells within 3 px of where the
+    generator put them, and a wrong truth is caught (the same scans against another seed's
+    placements are far off)."""
+    monkeypatch.setenv("CIFRAS_SHARED_DATA", str(shared_data))
+    from flows import registration_error as re_mod
+    from flows.registration_error import registration_error
+
+    r = registration_error(count=3, seed=777, digits="usps:train")
+    assert r["refused"] == 0 and r["scans"] == 3
+    assert 0 < r["mean_worst_px"] <= r["max_worst_px"] < 3.0
+
+    real = re_mod.render_scan
+    monkeypatch.setattr(re_mod, "render_scan", lambda t, p, seed, i: (*real(t, p, seed, i)[:3],
+                                                                      real(t, p, seed + 1, i)[3]))
+    assert registration_error(count=3, seed=777, digits="usps:train")["mean_worst_px"] > 5
