@@ -246,9 +246,9 @@ def register(gray: np.ndarray, template: Template) -> Alignment:
     tw = reg.table_box[2]
     # Samples of 20,000 ink pixels for the first angle and 30,000 rule pixels to refine it
     # (there were 60,000 for both): 6.5 ms less a scan, and on 200 generated scans the cells
-    # land as close to their true place (mean worst-cell error 1.58 px, was 1.59). The
-    # validation telegrams read 9 numbers fewer of 6,200 (24 gained, 33 lost, mostly in four
-    # telegrams whose fit quality rose). `cifras registration-error` measures it.
+    # land as close to their true place (`cifras registration-error`: mean worst-cell error
+    # 1.58 px, was 1.59). On the validation telegrams, over two sampling seeds, 85.41 % of
+    # numbers right against 85.50 % over three (the seed alone moves it by 0.13 points).
     angle = estimate_skew(mask, max_points=20000)
     # refine on the long rules alone, which are straighter than the text around them
     straight, _ = _rotate(mask, angle)
