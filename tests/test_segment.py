@@ -195,3 +195,20 @@ def test_histogram_percentile_is_numpys_percentile():
         img = img.astype(np.uint8)
         for q in (10, 50, 90, 99.9):
             assert percentile_u8(img, q) == float(np.percentile(img.astype(np.float32), q)), (h, w, q)
+
+
+def test_row_opening_is_opencvs_opening():
+    """Printed rules are found by an opening done on candidate rows only; it must match
+    OpenCV's opening of the whole image, edges included (a run touching the border survives
+    with fewer pixels there)."""
+    from tasks.morphology import open_rows
+
+    rng = np.random.default_rng(3)
+    for k in range(1500):
+        h, w = int(rng.integers(1, 120)), int(rng.integers(1, 300))
+        img = ((rng.random((h, w)) < rng.uniform(0.02, 0.9)) * 255).astype(np.uint8)
+        if k % 4 == 0:
+            img[int(rng.integers(0, h)), int(rng.integers(0, w)):] = 255  # a rule to the edge
+        length = int(rng.integers(1, max(2, 2 * w)))
+        kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1))
+        assert np.array_equal(open_rows(img, length), cv2.morphologyEx(img, cv2.MORPH_OPEN, kernel))
