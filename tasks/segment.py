@@ -189,7 +189,16 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
     if core_share > SCRIBBLE_SHARE:
         return Segmentation("unreadable", reason=f"scribbled over: ink covers {core_share:.0%} of the cell")
     binary = remove_rules(binary, pad, subbox_edges or [])
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    # components of the ink's bounding box only (the same labels, in the same raster order):
+    # the rules are gone, so the box is a fraction of the crop, and OpenCV's statistics cost
+    # as much per pixel as the labelling
+    ox, oy, ink_w, ink_h = cv2.boundingRect(binary)
+    if ink_w == 0:
+        return Segmentation("empty", reason="no ink in the cell")
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary[oy : oy + ink_h, ox : ox + ink_w],
+                                                           connectivity=8)
+    stats[:, 0] += ox
+    stats[:, 1] += oy
     inside = []
     for i in range(1, n):
         x, y, bw, bh, _ = stats[i]
@@ -226,7 +235,7 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
         # the group's box is the union of its components' boxes; its mask, within that box
         x0, y0 = (int(min(stats[i][k] for i in ids)) for k in (0, 1))
         x1, y1 = (int(max(stats[i][k] + stats[i][k + 2] for i in ids)) for k in (0, 1))
-        boxes_masks.append(((x0, y0, x1 - x0, y1 - y0), chosen[labels[y0:y1, x0:x1]]))
+        boxes_masks.append(((x0, y0, x1 - x0, y1 - y0), chosen[labels[y0 - oy : y1 - oy, x0 - ox : x1 - ox]]))
     heights = sorted(b[3] for b, _ in boxes_masks)
     tallest = heights[-1]
     # a dash: flat strokes only, much wider than tall (a 0 or "none" written as "-")
