@@ -87,3 +87,39 @@ def test_a_wrong_total_is_fixed_from_the_parties_and_sobres(template, bad):
     out = apply_checksum(template, cells, 0.9)
     assert out["diputados/total"].value == 283
     assert out["diputados/total"].status == "review"
+
+
+def test_knapsack_masses_and_best_match_enumeration():
+    """The solver's per-sum tables against every assignment of three small cells, each value
+    weighted by its candidate probability plus the wildcard's (any value at all)."""
+    import itertools
+    import math
+
+    from tasks.checksum import OUTSIDE, WILDCARD, _knapsack, _prefix_masses
+
+    limit = 12
+    logp = {"a": {2: math.log(0.7), 3: math.log(0.2)}, "b": {5: math.log(0.9)},
+            "c": {0: math.log(0.5), 4: math.log(0.4), 11: math.log(0.05)}}
+    cells = ["a", "b", "c"]
+    best, _back, mass, prefixes = _knapsack(cells, logp, limit)
+
+    def weight(c: str, x: int) -> float:  # a value is a candidate, or the wildcard, or both
+        return math.exp(logp[c].get(x, -math.inf)) + OUTSIDE / 1000
+
+    def log_best(c: str, x: int) -> float:
+        return max(logp[c].get(x, -math.inf), WILDCARD)
+
+    total = [0.0] * (limit + 1)
+    top = [-math.inf] * (limit + 1)
+    for xa, xb, xc in itertools.product(range(limit + 1), repeat=3):
+        s = xa + xb + xc
+        if s <= limit:
+            total[s] += weight("a", xa) * weight("b", xb) * weight("c", xc)
+            top[s] = max(top[s], log_best("a", xa) + log_best("b", xb) + log_best("c", xc))
+    for s in range(limit + 1):
+        assert mass[s] == pytest.approx(math.log(total[s]), abs=1e-9)
+        assert best[s] == pytest.approx(top[s], abs=1e-9)
+    # the prefix masses are the same tables over the first cells
+    two = _prefix_masses(cells, logp, limit)[2]
+    assert [prefixes[2][s] for s in range(limit + 1)] == pytest.approx([two[s] for s in range(limit + 1)])
+    assert two[7] == pytest.approx(math.log(sum(weight("a", x) * weight("b", 7 - x) for x in range(8))))
