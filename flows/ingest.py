@@ -5,6 +5,7 @@ score the readings, and track the run in MLflow and in the Prefect UI.
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import tempfile
 import time
@@ -24,7 +25,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.utilities.annotations import quote
 
-from tasks import tracking
+from tasks import tracking, workers
 from tasks.db import migrate
 from tasks.errors import CifrasError
 from tasks.exports import ReadingsParquet, gallery_png
@@ -190,6 +191,9 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
     log = run_logger()
     started = time.perf_counter()
     db_url = settings.db_url
+    if settings.read.workers and settings.dask.address is None and not settings.dask.local_workers \
+            and not multiprocessing.current_process().daemon:
+        workers.warm(settings.read.workers)  # the reader's processes start while we look around
     migrate(db_url)
     if source:  # a run parameter (API, CLI) must not point the reader anywhere else
         check_within(settings.scans_uri, source, "source", settings)

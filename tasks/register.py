@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from tasks.morphology import open_rows
 from tasks.template import Template
 
 WORK_SCALE = 0.5  # rules are found on a half-size image
@@ -126,20 +127,11 @@ def find_rules(mask: np.ndarray, axis: int, min_len: int) -> np.ndarray:
         kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (1, min_len))
         lines = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
         profile = (lines > 0).sum(axis=0).astype(np.float64)
-    hit = profile >= min_len
-    centres = []
-    i = 0
-    while i < len(hit):
-        if hit[i]:
-            j = i
-            while j < len(hit) and hit[j]:
-                j += 1
-            seg = profile[i:j]
-            centres.append(float((np.arange(i, j) * seg).sum() / seg.sum()))
-            i = j
-        else:
-            i += 1
-    return np.array(centres)
+    # each run of rule rows (columns) gives one rule, at the run's ink-weighted centre
+    edges = np.diff((profile >= min_len).astype(np.int8), prepend=0, append=0)
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return np.array([float((np.arange(i, j) * profile[i:j]).sum() / profile[i:j].sum())
+                     for i, j in zip(starts, ends, strict=True)])
 
 
 def _nearest_distance(ordered: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -252,8 +244,7 @@ def register(gray: np.ndarray, template: Template) -> Alignment:
     angle = estimate_skew(mask, max_points=20000)
     # refine on the long rules alone, which are straighter than the text around them
     straight, _ = _rotate(mask, angle)
-    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (int(tw * WORK_SCALE * 0.2), 1))
-    rules = _rotate(cv2.morphologyEx(straight, cv2.MORPH_OPEN, kernel), -angle)[0]
+    rules = _rotate(open_rows(straight, int(tw * WORK_SCALE * 0.2)), -angle)[0]
     angle = estimate_skew(rules, np.arange(angle - 0.3, angle + 0.301, 0.02), max_points=30000)
     straight, rot = _rotate(mask, angle)
     horiz = find_rules(straight, 0, int(tw * WORK_SCALE * 0.35))

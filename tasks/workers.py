@@ -73,6 +73,19 @@ def get_pool(size: int) -> ProcessPoolExecutor:
         return _pool
 
 
+def _ready() -> int:
+    return os.getpid()
+
+
+def warm(size: int) -> None:
+    """Start the shared pool's processes now, without waiting for them: a run calls this before
+    resolving its model and listing its scans, so that the fork server and the workers' imports
+    (about a second) overlap that work instead of delaying the first chunk."""
+    pool = get_pool(size)
+    for _ in range(size):
+        pool.submit(_ready)
+
+
 def _discard(pool: ProcessPoolExecutor) -> None:
     """Forget a broken pool, unless another thread has already replaced it."""
     global _pool

@@ -116,3 +116,20 @@ def test_ingest_in_worker_processes_reads_like_threads(reading_env: Path, monkey
     assert processes["read"] == threads["read"] == 5 and processes["unreadable"] == 1
     assert len(before[0]) == 5 * 31 and stored() == before
     assert processes["digit_accuracy"] == threads["digit_accuracy"]
+
+
+def test_warm_starts_the_shared_pool_before_any_scan():
+    """A run warms the pool while it resolves its model and lists its scans: the processes
+    exist before the first chunk, and that chunk then uses the same pool."""
+    import time
+
+    workers.shutdown()
+    workers.warm(2)
+    pool = workers.get_pool(2)
+    deadline = time.monotonic() + 60
+    while len(workers._pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(workers._pids()) == 2
+    assert workers.get_pool(2) is pool
+    workers.shutdown()
+    assert workers._pids() == []
