@@ -69,6 +69,9 @@ def evaluate_digits(
     split: str = typer.Option(None, help="Which x_<split>/y_<split> arrays to read."),
     model: str = typer.Option(None, help="MLflow model URI (default models:/digit-cnn@champion)."),
     reframe: str = typer.Option(None, help="Reframing: mnist or paper (default from conf)."),
+    second_look: float = typer.Option(None, min=0, max=1, help=(
+        "Read again the digits whose top probability is under this, as the pipeline does "
+        "(default read.second_look); 0: the model's single reading.")),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Score the model on a digit dataset and log the run in the digit-eval experiment."""
@@ -77,7 +80,8 @@ def evaluate_digits(
     if reframe is not None and reframe not in ("mnist", "paper"):
         typer.echo(f"error: unknown reframing {reframe!r}; choose mnist or paper", err=True)
         raise typer.Exit(code=2)
-    _run(lambda: evaluate_digits_flow(dataset, split=split, model=model, reframe=reframe), as_json)
+    _run(lambda: evaluate_digits_flow(dataset, split=split, model=model, reframe=reframe,
+                                      look_again=second_look), as_json)
 
 
 @app.command()

@@ -23,7 +23,7 @@ def evaluate_cells_flow(images: str, labels: str, model: str | None = None, spli
     cells, skipped = read_label_file(labels_path, split)
     client = tracking.configure_mlflow(settings)
     ref = tracking.resolve_model(client, model or settings.evaluate.model_uri)
-    keras_model = tracking.load_keras_model(ref)
+    model = tracking.load_reader_model(ref, settings.read.inference)  # as the pipeline reads
     imgs, kept, missing = [], [], 0
     for c in cells:
         img = cv2.imread(str(root / c.file), cv2.IMREAD_GRAYSCALE)
@@ -32,15 +32,16 @@ def evaluate_cells_flow(images: str, labels: str, model: str | None = None, spli
             continue
         imgs.append(img)
         kept.append(c.label)
-    readings = read_cells(imgs, keras_model, max_digits, settings.read.ok_threshold,
-                          settings.read.reframe, settings.read.batch_size)
+    readings = read_cells(imgs, model, max_digits, settings.read.ok_threshold,
+                          settings.read.reframe, settings.read.batch_size, settings.read.second_look)
     report = score_numbers(readings, kept)
     report.update({"skipped_not_numbers": skipped, "missing_images": missing, "model": ref.label})
     experiment = tracking.ensure_experiment(client, settings, EXPERIMENT)
     with tracking.tracked_run(client, experiment, f"{root.name}:{split or 'all'}") as run_id:
         tracking.log_params(client, run_id, {"images": str(root.resolve()), "labels": str(labels_path),
                                              "split": split, "model_version": ref.label,
-                                             "ok_threshold": settings.read.ok_threshold})
+                                             "ok_threshold": settings.read.ok_threshold,
+                                             "second_look": settings.read.second_look})
         tracking.log_metrics(client, run_id, {k: report[k] for k in
                                               ("n", "number_accuracy", "review", "accuracy_when_ok")})
         tracking.log_json(client, run_id, report, "report.json")

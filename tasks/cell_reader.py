@@ -17,7 +17,7 @@ import numpy as np
 
 from tasks.compose import CellReading, compose
 from tasks.errors import CifrasError
-from tasks.inference import predict_proba
+from tasks.inference import predict_proba, second_look
 from tasks.reframe import reframe_many
 from tasks.segment import segment_cell
 
@@ -174,7 +174,8 @@ def read_label_file(path: Path, split: str | None = None) -> tuple[list[Labelled
 
 
 def read_cells(images: list[np.ndarray], model, max_digits: int, ok_threshold: float,
-               reframe: str = "mnist", batch_size: int = 2048) -> list[CellReading]:
+               reframe: str = "mnist", batch_size: int = 2048, look_again: float = 0.0
+               ) -> list[CellReading]:
     """Read many cell images with one batched inference. A lone dash is zero on a telegram,
     but outside the form it has no agreed meaning (a ditto mark in a register, a separator in
     an amount), so here it goes to review."""
@@ -182,6 +183,7 @@ def read_cells(images: list[np.ndarray], model, max_digits: int, ok_threshold: f
     digits = [d for s in segs for d in s.digits]
     x = reframe_many(digits, reframe, ink="bright")  # type: ignore[arg-type]
     probs = predict_proba(model, x, batch_size) if len(x) else np.zeros((0, 10), np.float32)
+    probs = second_look(model, x, probs, look_again, batch_size)
     out, offset = [], 0
     for s in segs:
         n = len(s.digits)

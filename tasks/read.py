@@ -17,7 +17,7 @@ import numpy as np
 from tasks.checksum import apply_checksum
 from tasks.compose import CellReading, compose
 from tasks.decode import Decoded, decode_pages, decode_scan
-from tasks.inference import predict_proba
+from tasks.inference import predict_proba, second_look
 from tasks.reframe import reframe_many
 from tasks.register import register_upright
 from tasks.segment import Segmentation, crop_cell, segment_cell
@@ -34,6 +34,7 @@ class ReadOptions:
     batch_size: int = 2048
     max_pixels: int = 80_000_000
     checksum: bool = True  # decode each telegram under the form's relations
+    second_look: float = 0.0  # digits with a top probability under this are read again, moved
     max_pages: int = 100
     pdf_dpi: int = 200
 
@@ -149,6 +150,7 @@ def infer_and_compose(
     t0 = time.perf_counter()
     batch = np.concatenate([p.inputs for p in ready]) if ready else np.zeros((0, 28, 28, 1), np.float32)
     probs = predict_proba(model, batch, opt.batch_size) if len(batch) else np.zeros((0, 10), np.float32)
+    probs = second_look(model, batch, probs, opt.second_look, opt.batch_size)
     timings["infer"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     out: list[ScanReading] = []

@@ -8,6 +8,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from flows.cli import app
+from tasks.inference import second_look
 from tasks.reframe import reframe_many
 from tasks.settings import load_settings
 
@@ -45,8 +46,13 @@ def test_json_output_matches_an_independent_computation(use_registry, small_set,
     mlflow.set_tracking_uri(s.mlflow_tracking_uri)
     mlflow.set_registry_uri(s.mlflow_tracking_uri)
     model = mlflow.keras.load_model("models:/digit-cnn/1")
-    pred = np.asarray(model(reframe_many(x, method, ink="bright"))).argmax(1)
-    assert out["accuracy"] == pytest.approx(float((pred == y).mean()))
+    inputs = reframe_many(x, method, ink="bright")
+    single = np.asarray(model(inputs))
+    assert out["accuracy_single_look"] == pytest.approx(float((single.argmax(1) == y).mean()))
+    # the pipeline's reading: a second look at the digits under read.second_look
+    assert out["second_look"] == s.read.second_look > 0
+    looked = second_look(model, inputs, single, s.read.second_look)
+    assert out["accuracy"] == pytest.approx(float((looked.argmax(1) == y).mean()))
 
     client = MlflowClient(s.mlflow_tracking_uri)
     run = client.get_run(out["mlflow_run_id"])
@@ -78,3 +84,12 @@ def test_unknown_reframing_is_refused(small_set):
     path, _, _ = small_set
     result = runner.invoke(app, ["evaluate-digits", str(path), "--reframe", "wavy"])
     assert result.exit_code == 2 and "unknown reframing" in result.stderr
+
+
+def test_second_look_off_is_the_single_reading(use_registry, small_set):
+    path, _, _ = small_set
+    result = runner.invoke(app, ["evaluate-digits", str(path), "--split", "val", "--second-look", "0",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["second_look"] == 0 and out["accuracy"] == out["accuracy_single_look"]

@@ -83,3 +83,32 @@ def test_a_version_without_onnx_falls_back_to_keras(trained_registry: Path, tmp_
     assert backend_of(tracking.load_reader_model(ref, "auto")) == "keras"
     with pytest.raises(CifrasError, match="no ONNX export"):
         tracking.load_reader_model(ref, "onnx")
+
+
+class _Constant:
+    """A stand-in model answering the same probabilities for any input, and counting inputs."""
+
+    def __init__(self, probs: np.ndarray) -> None:
+        self.probs, self.seen = probs, 0
+
+    def __call__(self, x, training=False):
+        self.seen += len(x)
+        return np.tile(self.probs, (len(x), 1))
+
+
+def test_second_look_rereads_only_unsure_digits_and_averages_seven_views():
+    from tasks.inference import second_look
+
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 28, 28, 1)).astype(np.float32)
+    probs = np.array([[0.99] + [0.01 / 9] * 9, [0.5, 0.4] + [0.1 / 8] * 8, [0.0] * 9 + [1.0]], np.float32)
+    other = np.eye(10, dtype=np.float32)[1]  # what the moved views say
+    model = _Constant(other)
+    out = second_look(model, x, probs, below=0.9)
+    assert model.seen == 6  # one unsure digit, six moved views
+    np.testing.assert_array_equal(out[[0, 2]], probs[[0, 2]])
+    np.testing.assert_allclose(out[1], (probs[1] + 6 * other) / 7, rtol=1e-6)
+    assert out[1].argmax() == 1 and out[1].sum() == pytest.approx(1.0)
+    model.seen = 0
+    np.testing.assert_array_equal(second_look(model, x, probs, below=0.0), probs)
+    assert model.seen == 0
