@@ -38,7 +38,7 @@ def to_ink_bright(image: np.ndarray, ink: Ink = "dark") -> np.ndarray:
         top = float(out.max()) if out.size else 0.0
         if top > 1.0:
             out = out / 255.0
-    out = np.clip(out, 0.0, 1.0)
+    out = np.minimum(np.maximum(out, 0.0, out=out), 1.0, out=out)  # np.clip, without its overhead
     return 1.0 - out if ink == "dark" else out
 
 
@@ -66,8 +66,8 @@ def reframe_paper(img: np.ndarray) -> np.ndarray:
 
 def reframe_mnist(img: np.ndarray) -> np.ndarray:
     """Crop to ink, fit in 20x20 keeping aspect, centre of mass at the 28x28 centre."""
-    ys, xs = np.nonzero(img > INK_FLOOR * float(img.max()))
-    crop = img[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    x0, y0, bw, bh = cv2.boundingRect((img > INK_FLOOR * float(img.max())).view(np.uint8))
+    crop = img[y0 : y0 + bh, x0 : x0 + bw]
     h, w = crop.shape
     scale = BOX / max(h, w)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))

@@ -88,7 +88,7 @@ class ReadSettings(_Section):
     checksum: bool = True
     # Digits whose top probability is under this are read again, shifted a pixel each way and
     # turned 8 degrees each way, and the seven readings averaged; 0 turns it off.
-    second_look: float = Field(default=0.9, ge=0, le=1)
+    second_look: float = Field(default=0.5, ge=0, le=1)
     # auto: ONNX Runtime when the version has a verified ONNX export, else Keras (direct call).
     inference: Literal["auto", "onnx", "keras"] = "auto"
     # Scans of a chunk prepared (decode to reframe) in parallel threads; OpenCV and NumPy
