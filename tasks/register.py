@@ -167,7 +167,9 @@ def _count_bounds(template_pos: np.ndarray, ordered: np.ndarray, scales: np.ndar
     for i, offsets in enumerate(per_scale):
         idx = (offsets - base).astype(np.int64)
         inside = (idx >= 0) & (idx < span)
-        out.append(np.where(inside, counts[i, np.clip(idx, 0, span - 1)], 0))
+        bound = np.zeros(len(idx), counts.dtype)
+        bound[inside] = counts[i, idx[inside]]
+        out.append(bound)
     return out
 
 
@@ -184,7 +186,12 @@ def fit_axis(
     tol = MATCH_TOL * 1.5
     best = (0, float("inf"), 1.0, 0.0)
     ordered = np.sort(found)
-    per_scale = [np.unique(np.round((found[None, :] - s * template_pos[:, None]).ravel())) for s in scales]
+    # each scale's proposed offsets, rounded and unique: one sort for all scales
+    proposals = np.sort(np.round(ordered[None, None, :] - scales[:, None, None] * template_pos[None, :, None]
+                                 ).reshape(len(scales), -1), axis=1)
+    fresh = np.ones(proposals.shape, bool)
+    fresh[:, 1:] = proposals[:, 1:] != proposals[:, :-1]
+    per_scale = [row[keep] for row, keep in zip(proposals, fresh, strict=True)]
     # Only proposals that may match as many rules as the best one are scored. Bounds of each
     # proposal's count (a template rule counts when some found rule lies within tol of its
     # prediction) come from integer intervals, a hair wider and narrower than tol so that
