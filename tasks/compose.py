@@ -108,14 +108,17 @@ def number_candidates(seg: Segmentation, probs: np.ndarray, chosen: list[int], m
     top-3 classes on the chosen segmentation, plus the best reading of each other way of
     splitting its blobs. Values that do not fit the cell are left out."""
     out: dict[int, float] = {}
+    # each digit's top classes and their probabilities, once (hypotheses share digits)
+    top_of = np.argsort(probs, axis=1)[:, ::-1][:, :TOP_K].tolist()
+    p_of = probs.tolist()
 
     def add(indices: list[int], penalty: float) -> None:
         if not indices or len(indices) > max_digits:
             return
-        tops = [np.argsort(probs[i])[::-1][:TOP_K] for i in indices]
         combos: list[tuple[str, float]] = [("", penalty)]
-        for i, top in zip(indices, tops, strict=True):
-            combos = [(s + str(int(d)), p * float(probs[i, d])) for s, p in combos for d in top]
+        for i in indices:
+            row, top = p_of[i], top_of[i]
+            combos = [(s + str(d), p * row[d]) for s, p in combos for d in top]
         for text, p in combos:
             value = int(text)
             out[value] = max(out.get(value, 0.0), p)
