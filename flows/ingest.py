@@ -5,7 +5,6 @@ score the readings, and track the run in MLflow and in the Prefect UI.
 
 from __future__ import annotations
 
-import multiprocessing
 import shutil
 import tempfile
 import time
@@ -35,6 +34,7 @@ from tasks.ingest_tasks import (
     persist_chunk_task,
     read_chunk_task,
     resolve_model_task,
+    worker_processes,
 )
 from tasks.metrics import save_confusion_png
 from tasks.persist import finish_run, iter_run_cells, known_scans, scan_status_counts, start_run
@@ -191,9 +191,8 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
     log = run_logger()
     started = time.perf_counter()
     db_url = settings.db_url
-    if settings.read.workers and settings.dask.address is None and not settings.dask.local_workers \
-            and not multiprocessing.current_process().daemon:
-        workers.warm(settings.read.workers)  # the reader's processes start while we look around
+    if not settings.dask.enabled and worker_processes(settings):
+        workers.warm(worker_processes(settings))  # the reader's processes start while we look around
     migrate(db_url)
     if source:  # a run parameter (API, CLI) must not point the reader anywhere else
         check_within(settings.scans_uri, source, "source", settings)

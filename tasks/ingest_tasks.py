@@ -64,6 +64,12 @@ def read_options(settings: Settings) -> ReadOptions:
                        max_pages=r.max_pages, pdf_dpi=r.pdf_dpi, second_look=r.second_look)
 
 
+def worker_processes(settings: Settings) -> int:
+    """How many worker processes prepare scans in this process: `read.workers`, but none in a
+    daemonic process (a Dask worker), which may not start processes and uses threads."""
+    return 0 if multiprocessing.current_process().daemon else settings.read.workers
+
+
 def _modified(info: dict[str, Any]) -> datetime | None:
     for key in ("LastModified", "mtime", "last_modified", "created"):
         v = info.get(key)
@@ -194,9 +200,7 @@ def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracki
 
     t0 = time.perf_counter()
     threads = min(settings.read.threads, len(refs))
-    workers = settings.read.workers
-    if workers and multiprocessing.current_process().daemon:
-        workers = 0  # a daemonic process (a Dask worker) may not start processes: use threads
+    workers = worker_processes(settings)
     if workers:
         outcomes = _prepare_in_workers(refs, fetch, workers, threads, template_name, opt)
     elif threads > 1:

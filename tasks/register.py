@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from tasks.morphology import open_rows
+from tasks.morphology import min_run, open_rows
 from tasks.template import Template
 
 WORK_SCALE = 0.5  # rules are found on a half-size image
@@ -98,8 +98,7 @@ def opened_profile(mask: np.ndarray, length: int) -> np.ndarray:
     h, w = mask.shape
     a = length // 2
     ink = mask > 0
-    # a row can keep ink only with a run of min(length - a, a + 1, w) pixels or more
-    rows = np.flatnonzero(np.count_nonzero(ink, axis=1) >= min(length - a, a + 1, w))
+    rows = np.flatnonzero(np.count_nonzero(ink, axis=1) >= min_run(length, w))
     profile = np.zeros(h, np.float64)
     if len(rows) == 0:
         return profile
