@@ -176,9 +176,8 @@ def read_label_file(path: Path, split: str | None = None) -> tuple[list[Labelled
 def read_cells(images: list[np.ndarray], model, max_digits: int, ok_threshold: float,
                reframe: str = "mnist", batch_size: int = 2048, look_again: float = 0.0
                ) -> list[CellReading]:
-    """Read many cell images with one batched inference. A lone dash is zero on a telegram,
-    but outside the form it has no agreed meaning (a ditto mark in a register, a separator in
-    an amount), so here it goes to review."""
+    """Read many cell images with one batched inference. Outside the form a lone dash goes to
+    review (see `compose`)."""
     segs = [prepare_cell(img, max_digits) for img in images]
     digits = [d for s in segs for d in s.digits]
     x = reframe_many(digits, reframe, ink="bright")  # type: ignore[arg-type]
@@ -187,10 +186,7 @@ def read_cells(images: list[np.ndarray], model, max_digits: int, ok_threshold: f
     out, offset = [], 0
     for s in segs:
         n = len(s.digits)
-        reading = compose(s, probs[offset : offset + n], max_digits, ok_threshold)
-        if s.kind == "dash":
-            reading.status, reading.reason = "review", "a lone dash: zero on a telegram, unclear here"
-        out.append(reading)
+        out.append(compose(s, probs[offset : offset + n], max_digits, ok_threshold, dash_is_zero=False))
         offset += n
     return out
 

@@ -46,14 +46,20 @@ def top_candidates(p: np.ndarray, k: int = TOP_K) -> list[tuple[int, float]]:
     return [(int(d), round(float(p[d]), 4)) for d in order]
 
 
-def compose(seg: Segmentation, probs: np.ndarray, max_digits: int, ok_threshold: float) -> CellReading:
-    """Rebuild the number from its digits; low confidence or too many digits go to review."""
+def compose(seg: Segmentation, probs: np.ndarray, max_digits: int, ok_threshold: float,
+            dash_is_zero: bool = True) -> CellReading:
+    """Rebuild the number from its digits; low confidence or too many digits go to review. A
+    lone dash is zero on a telegram; elsewhere (`dash_is_zero` False: a ditto mark in a
+    register, a separator in an amount) it has no agreed meaning and goes to review."""
     if seg.kind == "empty":
         return CellReading(None, "", 1.0, "empty", seg.reason, candidates=[(0, 1.0)])
     if seg.kind == "unreadable":
         return CellReading(None, "", 0.0, "unreadable", seg.reason)
     if seg.kind == "dash":
-        return CellReading(0, "-", 1.0, "ok", None, candidates=[(0, 1.0)])
+        if dash_is_zero:
+            return CellReading(0, "-", 1.0, "ok", None, candidates=[(0, 1.0)])
+        return CellReading(0, "-", 1.0, "review", "a lone dash: zero on a telegram, unclear here",
+                           candidates=[(0, 1.0)])
     if len(probs) == 0:
         return CellReading(None, "", 0.0, "unreadable", "no digit found")
     chosen, splits = choose_hypotheses(seg, probs)
