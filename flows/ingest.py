@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime
 from datetime import time as dtime
 from pathlib import Path
 
+import mlflow  # noqa: F401  (the run's tracking client: loaded with the flow, not inside each run, ~0.7 s)
 from distributed.diagnostics.plugin import WorkerPlugin
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact

@@ -97,3 +97,24 @@ def test_scores():
     assert m["review_share"] == 0.25
     assert m["digits_scored"] == 5 and m["digit_accuracy"] == pytest.approx(4 / 5)
     assert np.array(m["confusion_matrix"])[9, 8] == 1
+
+
+def test_confusion_image_shades_by_count(tmp_path):
+    from tasks.metrics import BLUES, confusion_image, save_confusion_png
+
+    cm = np.zeros((10, 10), int)
+    cm[np.arange(10), np.arange(10)] = 500
+    cm[7, 1] = 20
+    img = confusion_image(cm, "t", cell=40)
+    assert img.shape == (40 + 400 + 52, 64 + 400 + 12, 3)
+
+    def corner(i, j):  # a pixel of cell (i, j) away from its printed count
+        return img[40 + i * 40 + 2, 64 + j * 40 + 2].astype(int)
+
+    assert (corner(3, 3) == BLUES[1]).all()  # the largest count: darkest
+    assert (corner(3, 4) == BLUES[0]).all()  # none: lightest
+    assert corner(7, 1).sum() < corner(3, 4).sum() and corner(7, 1).sum() > corner(3, 3).sum()
+    png = save_confusion_png(cm, tmp_path / "cm.png", "t")
+    import cv2
+
+    assert (cv2.imread(str(png)) == confusion_image(cm, "t")).all()  # lossless, as drawn

@@ -133,3 +133,15 @@ def test_warm_starts_the_shared_pool_before_any_scan():
     assert workers.get_pool(2) is pool
     workers.shutdown()
     assert workers._pids() == []
+
+
+def test_prepared_scan_carries_reframed_inputs_not_digit_images(reference_scan, template):
+    """What a worker sends back per scan: each candidate digit once, as a model input."""
+    data, uri, digest = _jobs(reference_scan)[0]
+    (page,) = prepare_pages(data, uri, digest, template, ReadOptions())
+    assert page.status == "ok" and len(page.owners) == len(page.inputs) > 28
+    assert all(s.digits == [] for s in page.segs.values())
+    # every hypothesis still points at its rows of `inputs`
+    for cell_id, seg in page.segs.items():
+        rows = sum(1 for o in page.owners if o == cell_id)
+        assert {i for h in seg.groups for hyp in h for i in hyp} <= set(range(rows))
