@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -129,6 +130,13 @@ def discover_task(settings: Settings, source: str, model_version: str, since: da
     return new, len(refs) - len(new)
 
 
+# Two chunks are read at once (flows.ingest._lookahead). Were their scans queued for the
+# workers side by side, both would be ready only at the end of the two, and the workers would
+# then wait while the first one is inferred and stored; queued one chunk after the other, the
+# first is stored while the workers prepare the second.
+_submitting = threading.Lock()
+
+
 def _prepare_in_workers(refs: list[ObjectRef], fetch, workers: int, threads: int, template_name: str,
                         opt: ReadOptions) -> list[tuple[str, list[PreparedScan], float]]:
     """Fetch in `threads` threads (I/O), prepare in the shared pool of worker processes: each
@@ -143,11 +151,12 @@ def _prepare_in_workers(refs: list[ObjectRef], fetch, workers: int, threads: int
         future = worker_pool.submit(pool, job, template_name, opt) if job is not None else None
         return outcome, got, t_fetch, job, future
 
-    if threads > 1:
-        with ThreadPoolExecutor(threads, thread_name_prefix="fetch") as fetchers:
-            fetched = list(fetchers.map(fetch_and_submit, refs))
-    else:
-        fetched = [fetch_and_submit(ref) for ref in refs]
+    with _submitting:  # a chunk's scans queue behind the previous chunk's, not among them
+        if threads > 1:
+            with ThreadPoolExecutor(threads, thread_name_prefix="fetch") as fetchers:
+                fetched = list(fetchers.map(fetch_and_submit, refs))
+        else:
+            fetched = [fetch_and_submit(ref) for ref in refs]
     sent = [(job, future) for *_, job, future in fetched if job is not None]
     pages = iter(worker_pool.collect(pool, [j for j, _ in sent], [f for _, f in sent], template_name, opt))
     out = []
