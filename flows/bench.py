@@ -4,6 +4,7 @@ one JSON object. Figures are compared within one run (the machines are shared an
 
 from __future__ import annotations
 
+import os
 import resource
 import tempfile
 import time
@@ -120,8 +121,6 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None,
               baselines: bool = True) -> dict:
     """Generate `count` telegrams (once), time decoding alone, then a full forced ingest; then
     (with `baselines`) the inference backends and Tesseract on the same machine."""
-    import os
-
     from flows.generate import generate_flow
     from flows.ingest import ingest_flow
     from tasks.digit_data import load_mnist
@@ -147,11 +146,13 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None,
     decode_only, decode_cpu = time.perf_counter() - t0, _cpu_s() - c0
     # CPU seconds of this process (all threads) and of the worker processes: on a shared
     # machine the wall time depends on what else runs, the CPU time much less
-    t0, c0, w0 = time.perf_counter(), _cpu_s(), workers.cpu_seconds()
+    t0, c0, w0, a0 = time.perf_counter(), _cpu_s(), workers.cpu_seconds(), _api_server_cpu_s()
     summary = ingest_flow(force=True)
     wall = time.perf_counter() - t0
     flow_cpu = _cpu_s() - c0
     worker_cpu = workers.cpu_seconds() - w0  # workers started during the run count from 0
+    a1 = _api_server_cpu_s()
+    api_cpu = round(a1 - a0, 2) if a0 is not None and a1 is not None else None
     peak_rss = _peak_rss_mb()  # before the baselines below load anything else
     worker_rss = workers.peak_rss_mb()  # the worker processes preparing scans, if any
     from sqlalchemy import select
@@ -179,7 +180,10 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None,
         "wall_over_decode": round(wall / decode_only, 2),
         "decode_only_cpu_s": round(decode_cpu, 2),
         "cpu_s": {"flow_process": round(flow_cpu, 2), "workers": round(worker_cpu, 2),
-                  "total": round(flow_cpu + worker_cpu, 2)},
+                  "total": round(flow_cpu + worker_cpu, 2),
+                  # the temporary Prefect API this process started (none with a server URL):
+                  # not the reader's work, but it shares the cores during the run
+                  "prefect_api": api_cpu},
         # the ingest's CPU over decoding's: what wall / decode would be on one free core
         "cpu_over_decode": round((flow_cpu + worker_cpu) / decode_cpu, 2) if decode_cpu > 0 else None,
         "stage_s": stages,
@@ -229,6 +233,27 @@ def _cpu_s() -> float:
     """User + system CPU seconds of this process, all threads."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _api_server_cpu_s() -> float | None:
+    """User + system CPU seconds of the temporary Prefect API server that this process started
+    (a child process running `prefect.server`); None when there is none, or off Linux."""
+    me, ticks = os.getpid(), os.sysconf("SC_CLK_TCK")
+    total, found = 0.0, False
+    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) != me:
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"prefect.server" not in f.read():
+                    continue
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            found = True
+        except (OSError, IndexError, ValueError):
+            continue
+    return total if found else None
 
 
 def _peak_rss_mb() -> float:

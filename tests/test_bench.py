@@ -26,3 +26,33 @@ def test_backends_agree_on_every_digit(use_registry, mnist_sample):
     assert out["pipeline"]["backend"] == "onnx" and out["pipeline"]["same_argmax"] is True
     assert out["keras_predict_default"]["same_argmax"] is True
     assert all(v["digits_per_s"] > 0 for v in out.values())
+
+
+def test_api_server_cpu_counts_only_this_process_prefect_server_child():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from flows.bench import _api_server_cpu_s
+
+    assert _api_server_cpu_s() is None  # no temporary server started by the test process
+    burn = "import time\nt = time.time()\nwhile time.time() - t < 5: pass"
+    busy = subprocess.Popen([sys.executable, "-c", burn, "prefect.server.api.server"])
+    other = subprocess.Popen([sys.executable, "-c", burn, "something.else"])
+    try:
+        time.sleep(1.0)
+
+        def own(pid: int) -> float:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        cpu, mine, theirs = _api_server_cpu_s(), own(busy.pid), own(other.pid)
+        assert cpu is not None and mine > 0 and theirs > 0
+        assert abs(cpu - mine) < 0.05  # the server-like child alone, not the other one
+    finally:
+        busy.kill()
+        other.kill()
+        busy.wait()
+        other.wait()
