@@ -71,7 +71,7 @@ def confusion_image(matrix: list[list[int]] | np.ndarray, title: str, cell: int 
         img[y : y + cell, x : x + cell] = (light + (dark - light) * shade[i, j]).round().astype(np.uint8)
         if v:
             text(str(v), x + cell / 2, y + cell / 2, 0.36 if v < 1000 else 0.3,
-                 white if v > peak / 2 else black)
+                 white if shade[i, j] > 0.7 else black)  # light text on the dark cells
     for k in range(n):
         text(str(k), left + k * cell + cell / 2, top + n * cell + 12, 0.45)
         text(str(k), left - 12, top + k * cell + cell / 2, 0.45)
