@@ -104,3 +104,29 @@ def test_postgres_round_trip(pg_url, template):
 @pytest.mark.postgres
 def test_postgres_unknown_mesa_is_all_or_nothing(pg_url, template):
     unknown_mesa_writes_nothing(pg_url, template)
+
+
+def test_a_chunk_links_its_scans_to_telegrams_in_one_pass(db_url, template):
+    from datetime import UTC, datetime
+
+    from tasks.persist import link_telegrams
+    from tasks.read import ScanReading
+
+    with session_scope(db_url) as s:
+        known = upsert_telegram(s, MESA, template.name).id
+    t1, t2 = datetime(2021, 11, 14, 20, tzinfo=UTC), datetime(2021, 11, 15, 9, tzinfo=UTC)
+    uris = ["file:///s/a/2100100001X.jpg", "file:///s/b/2100100001X.jpg",  # the same mesa twice
+            "file:///s/2100100005X.jpg", "file:///s/no-code.jpg"]
+    readings = [ScanReading(u, f"{i}" * 64, "ok", None, 1.0, [], {}) for i, u in enumerate(uris)]
+    listing = {uris[0]: {"modified": t1}, uris[1]: {"modified": t2}, uris[2]: {"modified": t2}}
+    with session_scope(db_url) as s:
+        linked = link_telegrams(s, readings, template.name, listing)
+    assert set(linked) == set(uris[:3])  # a name without a code links nothing
+    assert linked[uris[0]] == linked[uris[1]] == known
+    with session_scope(db_url) as s:
+        tel = s.get(Telegram, known)
+        assert (tel.scan_uri, tel.content_hash) == (uris[1], "1" * 64)  # the later page of the chunk
+        assert tel.received_at.replace(tzinfo=UTC) == t1  # the first receipt is kept
+        new = s.get(Telegram, linked[uris[2]])
+        assert (new.mesa_code, new.mesa, new.scan_uri) == ("2100100005X", 5, uris[2])
+        assert s.scalar(select(func.count()).select_from(Telegram)) == 2
