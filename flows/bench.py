@@ -235,9 +235,10 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _api_server_cpu_s() -> float | None:
+def _api_server_cpu_s(marker: bytes = b"prefect.server") -> float | None:
     """User + system CPU seconds of the temporary Prefect API server that this process started
-    (a child process running `prefect.server`); None when there is none, or off Linux."""
+    (a child process whose command line holds `marker`); None when there is none, or off
+    Linux."""
     me, ticks = os.getpid(), os.sysconf("SC_CLK_TCK")
     total, found = 0.0, False
     for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
@@ -247,7 +248,7 @@ def _api_server_cpu_s() -> float | None:
             if int(fields[1]) != me:
                 continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"prefect.server" not in f.read():
+                if marker not in f.read():
                     continue
             total += (int(fields[11]) + int(fields[12])) / ticks
             found = True
