@@ -165,3 +165,17 @@ def test_read_telegram_json(use_registry, reference_scan):
     cell = doc["cells"]["senadores/503"]
     assert set(cell) == {"value", "digits", "confidence", "status", "reason"}
     assert doc["cells"]["senadores/recurridos"]["digits"] == "-"
+
+
+def test_the_flow_freezes_what_is_alive_once_per_process():
+    import gc
+
+    from flows.ingest import _freeze_imports
+
+    _freeze_imports()
+    frozen = gc.get_freeze_count()
+    assert frozen > 10_000  # the libraries imported so far
+    garbage = [[] for _ in range(1000)]
+    _freeze_imports()  # a later run: objects made since stay collectable
+    assert gc.get_freeze_count() == frozen
+    del garbage
