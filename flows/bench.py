@@ -239,21 +239,21 @@ def _api_server_cpu_s(marker: bytes = b"prefect.server") -> float | None:
     """User + system CPU seconds of the temporary Prefect API server that this process started
     (a child process whose command line holds `marker`); None when there is none, or off
     Linux."""
-    me, ticks = os.getpid(), os.sysconf("SC_CLK_TCK")
-    total, found = 0.0, False
+    from tasks.workers import process_stat
+
+    me, total, found = os.getpid(), 0.0, False
     for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+        stat = process_stat(int(pid))
+        if stat is None or stat[0] != me:
+            continue
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) != me:
-                continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if marker not in f.read():
                     continue
-            total += (int(fields[11]) + int(fields[12])) / ticks
-            found = True
-        except (OSError, IndexError, ValueError):
+        except OSError:
             continue
+        total += stat[1]
+        found = True
     return total if found else None
 
 

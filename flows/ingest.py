@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime
 from datetime import time as dtime
+from functools import cache
 from pathlib import Path
 
 import mlflow  # noqa: F401  (the run's tracking client: loaded with the flow, not inside each run, ~0.7 s)
@@ -181,18 +182,13 @@ def _lookahead(chunks: list[list], read_args: dict) -> Iterator[State]:
         yield _settle(pending.popleft())
 
 
+@cache  # once per process
 def _freeze_imports() -> None:
     """Move the objects alive now (mostly the imported libraries: TensorFlow, MLflow, Prefect)
-    out of the cyclic garbage collector's sight, once per process. Its full passes walked them
-    all every ~9 s of a run, 0.37 s each with the GIL held, and the worker processes ran dry
-    meanwhile. Objects made later are collected as before."""
-    global _frozen
-    if not _frozen:
-        gc.freeze()
-        _frozen = True
-
-
-_frozen = False
+    out of the cyclic garbage collector's sight. Its full passes walked them all every ~9 s of
+    a run, 0.37 s each with the GIL held, and the worker processes ran dry meanwhile. Objects
+    made later are collected as before."""
+    gc.freeze()
 
 
 def read_scans(flow_name: str, source: str | None, model: str | None, force: bool,

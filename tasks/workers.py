@@ -156,18 +156,21 @@ def _pids() -> list[int]:
         return list((_pool._processes or {}).keys()) if _pool is not None else []
 
 
+def process_stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) of a process, from /proc (Linux); None when it
+    is gone or there is no /proc."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks  # ppid; utime, stime
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def cpu_seconds() -> float:
     """User + system CPU seconds used so far by the live workers (Linux; 0 elsewhere)."""
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total = 0.0
-    for pid in _pids():
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
+    return sum(stat[1] for stat in map(process_stat, _pids()) if stat is not None)
 
 
 def peak_rss_mb() -> dict[str, float]:
