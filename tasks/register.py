@@ -9,6 +9,7 @@ positions to the template's by a voted 1-D scale-and-offset fit on each axis.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import cv2
 import numpy as np
@@ -17,7 +18,6 @@ from tasks.morphology import min_run, open_rows
 from tasks.template import Template
 
 WORK_SCALE = 0.5  # rules are found on a half-size image
-ANGLES_COARSE = np.arange(-4.0, 4.01, 0.25)
 MATCH_TOL = 4.0  # px (template scale) for a detected rule to count as a template rule
 
 
@@ -44,22 +44,20 @@ def ink_mask(gray: np.ndarray) -> np.ndarray:
     return cv2.compare(gray, cv2.subtract(blur, 40), cv2.CMP_LT)
 
 
-def estimate_skew(mask: np.ndarray, angles: np.ndarray | None = None, max_points: int = 60000) -> float:
-    """Angle (degrees, positive = counter-clockwise content) that makes rows of ink horizontal,
-    from a random sample of at most `max_points` ink pixels."""
+def _angle_scorer(mask: np.ndarray, max_points: int):
+    """Score of an angle: the sum of squares of the ink's projection onto rows turned by it
+    (rows of ink line up, the profile peaks), from a random sample of at most `max_points` ink
+    pixels; None when there is too little ink to tell."""
     points = cv2.findNonZero(mask)  # row-major as np.nonzero, several times faster
     if points is None or len(points) < 100:
-        return 0.0
+        return None
     points = points.reshape(-1, 2)
     xs, ys = points[:, 0], points[:, 1]
-    if len(xs) < 100:
-        return 0.0
     if len(xs) > max_points:
         idx = np.random.default_rng(0).choice(len(xs), max_points, replace=False)
         ys, xs = ys[idx], xs[idx]
     xs = xs.astype(np.float64) - mask.shape[1] / 2
     ys = ys.astype(np.float64)
-
     a = np.empty_like(ys)
     b = np.empty_like(xs)
 
@@ -72,11 +70,35 @@ def estimate_skew(mask: np.ndarray, angles: np.ndarray | None = None, max_points
         h = np.bincount(proj)
         return float(np.dot(h, h))  # exact: integer counts, far below 2**53
 
-    if angles is not None:
-        return float(max(angles, key=score))
-    best = max(ANGLES_COARSE, key=score)
-    fine = np.arange(best - 0.25, best + 0.251, 0.05)
-    return float(max(fine, key=score))
+    return score
+
+
+def _climb(score, lo: float, hi: float, steps: tuple[float, ...]) -> float:
+    """Best angle in [lo, hi]: a grid at the first step, then finer grids around the best one
+    (each spanning the previous step on either side), each angle scored once. The profile's peak
+    is wider than every step but the last, so the grid cannot step over it."""
+    seen: dict[float, float] = {}
+
+    def best_of(grid: np.ndarray) -> float:
+        for g in np.round(grid, 6):
+            if g not in seen:
+                seen[g] = score(float(g))
+        return max(np.round(grid, 6), key=seen.__getitem__)
+
+    best = best_of(np.arange(lo, hi + steps[0] / 2, steps[0]))
+    for coarse, fine in pairwise(steps):
+        grid = np.arange(best - coarse + fine, best + coarse - fine / 2, fine)
+        best = best_of(grid[(grid >= lo - 1e-9) & (grid <= hi + 1e-9)])
+    return float(best)
+
+
+def estimate_skew(mask: np.ndarray, lo: float = -4.0, hi: float = 4.0,
+                  steps: tuple[float, ...] = (0.5, 0.1, 0.05), max_points: int = 60000) -> float:
+    """Angle (degrees, positive = counter-clockwise content) in [lo, hi] that makes rows of ink
+    horizontal, searched coarse to fine (27 angles for the default ±4 degrees to 0.05, where a
+    0.05 grid over the range took 44 with the same result)."""
+    score = _angle_scorer(mask, max_points)
+    return 0.0 if score is None else _climb(score, lo, hi, steps)
 
 
 def _rotate(img: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
@@ -248,10 +270,11 @@ def register(gray: np.ndarray, template: Template) -> Alignment:
     # 1.58 px, was 1.59). On the validation telegrams, over two sampling seeds, 85.41 % of
     # numbers right against 85.50 % over three (the seed alone moves it by 0.13 points).
     angle = estimate_skew(mask, max_points=20000)
-    # refine on the long rules alone, which are straighter than the text around them
+    # refine on the long rules alone, which are straighter than the text around them: the
+    # rules of the scan turned by `angle` lean by what is left, and turns about one centre add
     straight, _ = _rotate(mask, angle)
-    rules = _rotate(open_rows(straight, int(tw * WORK_SCALE * 0.2)), -angle)[0]
-    angle = estimate_skew(rules, np.arange(angle - 0.3, angle + 0.301, 0.02), max_points=30000)
+    rules = open_rows(straight, int(tw * WORK_SCALE * 0.2))
+    angle += estimate_skew(rules, -0.3, 0.3, (0.06, 0.02), max_points=30000)
     straight, rot = _rotate(mask, angle)
     horiz = find_rules(straight, 0, int(tw * WORK_SCALE * 0.35))
     vert = find_rules(straight, 1, int(reg.table_box[3] * WORK_SCALE * 0.35))

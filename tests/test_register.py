@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tasks.register import register, register_upright
+from tasks.register import _climb, estimate_skew, register, register_upright
 from tasks.render import printed_form
 from tasks.scan_effects import apply_matrix
 
@@ -27,6 +27,31 @@ def test_known_rotation_shift_and_scale_are_recovered(template, angle, scale, sh
     pred = apply_matrix(a.matrix, pts)
     assert np.abs(pred - apply_matrix(m, pts)).max() < 3.0
     assert a.quality > 0.8
+
+
+@pytest.mark.parametrize("peak", [-3.93, -1.27, 0.0, 0.61, 2.48, 3.97])
+def test_coarse_to_fine_search_finds_the_peak_a_full_grid_finds_with_fewer_scores(peak):
+    calls = []
+
+    def score(angle: float) -> float:  # a narrow peak on a broad hump, as rules on text give
+        calls.append(angle)
+        return 5 * np.exp(-((angle - peak) / 0.3) ** 2) + np.exp(-((angle - peak) / 3) ** 2)
+
+    full = np.arange(-4.0, 4.001, 0.05)
+    assert _climb(score, -4.0, 4.0, (0.5, 0.1, 0.05)) == pytest.approx(full[np.argmax([score(a) for a in full])])
+    calls.clear()
+    _climb(score, -4.0, 4.0, (0.5, 0.1, 0.05))
+    assert len(calls) == len(set(calls)) <= 28  # each angle scored once; the full grid scores 161
+
+
+@pytest.mark.parametrize("angle", [-3.1, -0.4, 0.0, 1.7])
+def test_skew_of_turned_rules_is_found_to_the_last_step(angle):
+    page = np.zeros((800, 1200), np.uint8)
+    for y in range(100, 700, 60):
+        page[y : y + 3, 100:1100] = 255
+    m = cv2.getRotationMatrix2D((600, 400), angle, 1.0)
+    turned = cv2.warpAffine(page, m, (1200, 800), flags=cv2.INTER_NEAREST)
+    assert estimate_skew(turned) == pytest.approx(angle, abs=0.051)
 
 
 def test_reference_scan_aligns_onto_its_own_template(template, reference_scan):
