@@ -144,10 +144,12 @@ def find_rules(mask: np.ndarray, axis: int, min_len: int) -> np.ndarray:
     """Centre positions of long straight rules: axis 0 = horizontal rules (their y)."""
     if axis == 0:  # rows of ink: from their runs, several times faster than the filters
         profile = opened_profile(mask, min_len)
-    else:  # columns: OpenCV's vertical filters cost less than transposing for the runs
-        kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (1, min_len))
-        lines = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
-        profile = (lines > 0).sum(axis=0).astype(np.float64)
+    else:  # columns: OpenCV's vertical filters cost less than transposing for the runs. On
+        # every other row, at half the length: a printed rule stays whole and the cost is a
+        # quarter (`cifras registration-error`, 400 scans: mean worst-cell error 1.252 -> 1.254 px)
+        kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (1, min_len // 2))
+        lines = cv2.morphologyEx(mask[::2], cv2.MORPH_OPEN, kernel)
+        profile = 2 * (lines > 0).sum(axis=0).astype(np.float64)
     # each run of rule rows (columns) gives one rule, at the run's ink-weighted centre
     edges = np.diff((profile >= min_len).astype(np.int8), prepend=0, append=0)
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
