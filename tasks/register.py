@@ -142,8 +142,9 @@ def opened_profile(mask: np.ndarray, length: int) -> np.ndarray:
 
 def find_rules(mask: np.ndarray, axis: int, min_len: int) -> np.ndarray:
     """Centre positions of long straight rules: axis 0 = horizontal rules (their y)."""
-    if axis == 0:  # rows of ink: from their runs, several times faster than the filters
-        profile = opened_profile(mask, min_len)
+    if axis == 0:  # rows of ink: from their runs, several times faster than the filters, on
+        # every other column at half the length (a rule's row stays whole; error 1.254 -> 1.253 px)
+        profile = 2 * opened_profile(mask[:, ::2], min_len // 2)
     else:  # columns: OpenCV's vertical filters cost less than transposing for the runs. On
         # every other row, at half the length: a printed rule stays whole and the cost is a
         # quarter (`cifras registration-error`, 400 scans: mean worst-cell error 1.252 -> 1.254 px)
