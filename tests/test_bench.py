@@ -57,3 +57,22 @@ def test_api_server_cpu_counts_only_this_process_prefect_server_child():
         other.kill()
         busy.wait()
         other.wait()
+
+
+@pytest.mark.slow
+def test_bench_reads_a_few_telegrams_and_brackets_the_ingest_with_decode_passes(reading_env, tmp_path):
+    from flows.bench import run_bench
+
+    out = run_bench(count=3, data_dir=str(tmp_path / "bench"), baselines=False)
+    for key in ("telegrams_per_s", "digits_per_s", "decode_only_s", "wall_s", "stage_s",
+                "orchestration_overhead", "peak_rss_mb"):
+        assert out[key] is not None, key
+    assert out["telegrams"] == 3 and out["digits_per_s"] > 0
+    before, after = out["decode_only_passes_s"]
+    assert before > 0 and after > 0
+    assert out["decode_only_s"] == pytest.approx((before + after) / 2, abs=0.011)
+    wall, decode = out["wall_s"], out["decode_only_s"]  # both rounded to 0.01 s
+    ratio = out["wall_over_decode"]
+    assert wall / (decode + 0.006) - 0.01 <= ratio <= wall / max(decode - 0.006, 1e-3) + 0.01
+    assert {"decode", "register", "segment", "infer", "compose", "persist"} <= set(out["stage_s"])
+    assert 0 <= out["orchestration_overhead"] < 1
