@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from datetime import time as dtime
 from functools import cache
@@ -123,15 +123,10 @@ class _WorkerSetup(WorkerPlugin):
         self.settings = settings
 
     def setup(self, worker) -> None:
-        import ctypes
-
         import cv2
 
         cv2.setNumThreads(1)
-        with suppress(OSError, AttributeError):  # glibc only
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's adaptive maximum (64-bit)
-            libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD: twice that, as glibc adapts it
+        workers.keep_large_blocks()
         tracking.configure_mlflow(self.settings)
 
 
@@ -200,6 +195,7 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
     loaded, MLflow going missing costs only the tracking: readings, scores and the Parquet
     export are written, and the run completes with a warning (metrics stay in `runs`)."""
     _freeze_imports()
+    workers.keep_large_blocks()  # this process decodes too, when read.workers is 0
     settings = load_settings()
     log = run_logger()
     started = time.perf_counter()

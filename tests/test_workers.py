@@ -145,3 +145,36 @@ def test_prepared_scan_carries_reframed_inputs_not_digit_images(reference_scan, 
     for cell_id, seg in page.segs.items():
         rows = sum(1 for o in page.owners if o == cell_id)
         assert {i for h in seg.groups for hyp in h for i in hyp} <= set(range(rows))
+
+
+def test_large_blocks_freed_by_one_scan_are_reused_by_the_next():
+    """By default each decode maps and zeroes its large blocks afresh (a page fault per 4 KB);
+    with `keep_large_blocks` they come back from the heap."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, sys
+import cv2, numpy as np
+from tasks.workers import keep_large_blocks
+if sys.argv[1] == "keep":
+    keep_large_blocks()
+page = np.full((2800, 1700), 235, np.uint8)  # a scan's size
+cv2.putText(page, "0123456789", (100, 1400), cv2.FONT_HERSHEY_SIMPLEX, 8, 20, 12)
+data = cv2.imencode(".jpg", page)[1]
+cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)  # the first decode faults either way
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    g = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+    del g
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    faults = {mode: int(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                                       check=True, cwd=root).stdout)
+              for mode in ("default", "keep")}
+    if faults["default"] < 1000:
+        pytest.skip(f"this C library reuses the blocks by itself ({faults['default']} faults)")
+    pages = 20 * 2800 * 1700 // 4096
+    assert faults["default"] > pages  # every decode maps its page afresh
+    assert faults["keep"] < 0.02 * pages
