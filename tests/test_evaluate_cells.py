@@ -12,6 +12,7 @@ from tasks.cell_reader import (
     prepare_cell,
     read_label_csv,
     slant_of,
+    strip_underlines,
     writing_fills_crop,
 )
 
@@ -118,3 +119,39 @@ def test_a_lone_dash_is_sent_to_review_outside_the_form(use_registry):
     got = read_cells([dash, seven], model, 6, 0.5)
     assert (got[0].digits, got[0].status) == ("-", "review") and "dash" in got[0].reason
     assert got[1].status == "ok" and got[1].value == 7
+
+
+def _components(ink: np.ndarray) -> int:
+    n, _, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+    return sum(1 for i in range(1, n) if stats[i][4] >= 12)
+
+
+def test_an_underline_joined_to_the_digits_is_stripped_and_the_digits_come_apart():
+    ink = np.zeros((90, 160), np.uint8)
+    cv2.putText(ink, "30", (40, 60), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 255, 3)
+    cv2.line(ink, (30, 62), (130, 57), 255, 3)  # a slanted underline touching both digits' feet
+    assert _components(ink) == 1
+    out = strip_underlines(ink)
+    assert _components(out) >= 2
+    for rows, cols in ((slice(58, 66), slice(28, 40)), (slice(53, 61), slice(118, 133))):  # its ends
+        assert out[rows, cols].sum() < 0.1 * ink[rows, cols].sum()
+    np.testing.assert_array_equal(out[:48], ink[:48])  # the digits above their feet are untouched
+
+
+@pytest.mark.parametrize("text", ["77", "69", "0"])
+def test_digits_without_a_long_low_stroke_keep_all_their_ink(text):
+    ink = np.zeros((90, 160), np.uint8)
+    cv2.putText(ink, text, (40, 60), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 255, 3)
+    np.testing.assert_array_equal(strip_underlines(ink), ink)
+
+
+def test_a_long_base_of_a_2_is_stripped_too_which_is_why_both_readings_are_scored():
+    ink = np.zeros((90, 160), np.uint8)
+    cv2.putText(ink, "2", (60, 60), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 255, 3)
+    assert strip_underlines(ink)[50:62].sum() < ink[50:62].sum()
+
+
+def test_a_lone_dash_is_not_stripped():
+    ink = np.zeros((70, 140), np.uint8)
+    cv2.line(ink, (50, 36), (95, 38), 255, 3)
+    np.testing.assert_array_equal(strip_underlines(ink), ink)
