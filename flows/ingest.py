@@ -195,7 +195,6 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
     loaded, MLflow going missing costs only the tracking: readings, scores and the Parquet
     export are written, and the run completes with a warning (metrics stay in `runs`)."""
     _freeze_imports()
-    workers.keep_large_blocks()  # this process decodes too, when read.workers is 0
     settings = load_settings()
     log = run_logger()
     started = time.perf_counter()

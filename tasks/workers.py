@@ -10,7 +10,9 @@ each take one scan at a time: the parent sends the file's bytes and gets back th
   starts from a fresh interpreter, so TensorFlow, ONNX Runtime or Prefect threads of the
   parent are never forked. Workers import only the reading modules, not the model.
 - OpenCV runs one thread per worker: the workers are the parallelism.
-- glibc keeps the large blocks a scan frees for the next scan (`keep_large_blocks`).
+- glibc keeps the large blocks a scan frees for the next scan (`keep_large_blocks`), in the
+  workers only: in the long-lived flow process the same setting let the heap fragment (its
+  peak grew from 976 to 1,153 MB between 1,000 and 10,000 telegrams).
 - A worker that dies (a segfault in a decoder, the OOM killer) breaks the pool. The scans
   that were in flight are then prepared again one at a time in a private one-worker pool, so
   that the scan that kills its worker is known: it gets the reason, the others their reading,
