@@ -129,11 +129,9 @@ def _decode_floor(files: list[Path]) -> tuple[float, float]:
     """The floor: `_decode_pass` in a process set up as the reader's workers are (one OpenCV
     thread, glibc keeping large blocks: a third faster than a default process). Not in this
     process, whose allocator the ingest's memory figures must see unchanged."""
-    from concurrent.futures import ProcessPoolExecutor
-
     from tasks import workers
 
-    with ProcessPoolExecutor(1, mp_context=workers._context(), initializer=workers._init_worker) as pool:
+    with workers.new_pool(1) as pool:
         return pool.submit(_decode_pass, [str(f) for f in files]).result()
 
 

@@ -8,6 +8,7 @@ positions to the template's by a voted 1-D scale-and-offset fit on each axis.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -44,7 +45,7 @@ def ink_mask(gray: np.ndarray) -> np.ndarray:
     return cv2.compare(gray, cv2.subtract(blur, 40), cv2.CMP_LT)
 
 
-def _angle_scorer(mask: np.ndarray, max_points: int):
+def _angle_scorer(mask: np.ndarray, max_points: int) -> Callable[[float], float] | None:
     """Score of an angle: the sum of squares of the ink's projection onto rows turned by it
     (rows of ink line up, the profile peaks), from a random sample of at most `max_points` ink
     pixels; None when there is too little ink to tell."""
@@ -73,7 +74,7 @@ def _angle_scorer(mask: np.ndarray, max_points: int):
     return score
 
 
-def _climb(score, lo: float, hi: float, steps: tuple[float, ...]) -> float:
+def _climb(score: Callable[[float], float], lo: float, hi: float, steps: tuple[float, ...]) -> float:
     """Best angle in [lo, hi]: a grid at the first step, then finer grids around the best one
     (each spanning the previous step on either side), each angle scored once. The profile's peak
     is wider than every step but the last, so the grid cannot step over it."""

@@ -79,7 +79,8 @@ def _prepare_job(data: bytes, uri: str, digest: str, template_name: str, opt: Re
     return prepare_pages(data, uri, digest, load_template(template_name), opt)
 
 
-def _new_pool(size: int) -> ProcessPoolExecutor:
+def new_pool(size: int) -> ProcessPoolExecutor:
+    """A private pool of `size` reader workers (the shared one is `get_pool`)."""
     return ProcessPoolExecutor(size, mp_context=_context(), initializer=_init_worker)
 
 
@@ -90,7 +91,7 @@ def get_pool(size: int) -> ProcessPoolExecutor:
         if _pool is None or _pool_size != size:
             if _pool is not None:
                 _pool.shutdown(wait=False, cancel_futures=True)
-            _pool, _pool_size = _new_pool(size), size
+            _pool, _pool_size = new_pool(size), size
         return _pool
 
 
@@ -157,7 +158,7 @@ def collect(pool: ProcessPoolExecutor, jobs: Sequence[Job], futures: Sequence[Fu
         solo: ProcessPoolExecutor | None = None
         try:
             for i in lost:
-                solo = solo or _new_pool(1)
+                solo = solo or new_pool(1)
                 try:
                     out[i] = submit(solo, jobs[i], template_name, opt, fn).result()
                 except BrokenProcessPool:
