@@ -109,6 +109,31 @@ def strip_underlines(ink: np.ndarray) -> np.ndarray:
     return ink & ~(low[labels].astype(np.uint8) * 255) if low.any() else ink
 
 
+# a thin mark this many writing heights away from the number is not part of it. Chosen on
+# Danish val (1.5, 1.0, 0.6, 0.4, 0.25: 84.02, 84.61, 84.98, 84.87, 84.76 % of numbers right,
+# 83.54 % keeping them all) and ORAND val (57.03 % at 1.0 and 0.6, 56.25 % at 0.4)
+APART = 0.6
+
+
+def _apart(line: list[int], main: int, stats: np.ndarray) -> list[int]:
+    """Thin upright marks (a page edge's shadow, a stroke of the next column) standing apart
+    from the number, read as a leading or trailing "1" otherwise: the number grows from its
+    main mark by the marks within APART writing heights of it, thin marks beyond are dropped."""
+    height = float(stats[main][3])
+    x0, x1 = int(stats[main][0]), int(stats[main][0] + stats[main][2])
+    rest = sorted((i for i in line if i != main), key=lambda i: stats[i][0])
+    grown = True
+    while grown:
+        grown = False
+        for i in list(rest):
+            gap = max(int(stats[i][0]) - x1, x0 - int(stats[i][0] + stats[i][2]))
+            if gap <= APART * height or stats[i][2] >= 0.35 * stats[i][3]:
+                x0, x1 = min(x0, int(stats[i][0])), max(x1, int(stats[i][0] + stats[i][2]))
+                rest.remove(i)
+                grown = True
+    return rest
+
+
 def keep_writing(gray: np.ndarray, underlines: bool = True) -> np.ndarray:
     """Keep only the handwritten number: local-contrast ink, minus long ruling lines, minus
     marks off the main line of writing (underlines, flourishes, printed text, stains), and
@@ -126,11 +151,16 @@ def keep_writing(gray: np.ndarray, underlines: bool = True) -> np.ndarray:
         return out
     main = max(parts, key=lambda i: stats[i][4] * min(stats[i][3], 0.5 * h))
     y0, y1 = stats[main][1], stats[main][1] + stats[main][3]
+    line = []
     for i in parts:
         y, bh = stats[i][1], stats[i][3]
         overlap = min(y1, y + bh) - max(y0, y)
         if overlap >= 0.4 * min(bh, y1 - y0):
-            out[labels == i] = gray[labels == i]
+            line.append(i)
+    for i in _apart(line, main, stats):
+        line.remove(i)
+    for i in line:
+        out[labels == i] = gray[labels == i]
     # faint pencil or faded ink: stretch so the darkest stroke is black
     depth = 255 - int(out.min())
     if depth > 0:

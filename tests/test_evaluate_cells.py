@@ -155,3 +155,12 @@ def test_a_lone_dash_is_not_stripped():
     ink = np.zeros((70, 140), np.uint8)
     cv2.line(ink, (50, 36), (95, 38), 255, 3)
     np.testing.assert_array_equal(strip_underlines(ink), ink)
+
+
+def test_a_thin_mark_standing_apart_from_the_number_is_dropped_but_a_near_1_is_kept():
+    cell = np.full((200, 140), 235, np.uint8)
+    cv2.putText(cell, "15", (70, 110), cv2.FONT_HERSHEY_SIMPLEX, 1.2, 20, 3)
+    alone = keep_writing(cell)
+    assert (alone[:, 60:130] < 128).sum() > 200  # the number, its 1 included
+    cv2.line(cell, (20, 80), (21, 118), 20, 2)  # a page edge's shadow, far left of the number
+    np.testing.assert_array_equal(keep_writing(cell), alone)
