@@ -8,6 +8,7 @@ the writing is left for segmentation.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from tasks.compose import CellReading, compose
 from tasks.errors import CifrasError
 from tasks.inference import predict_proba, second_look
 from tasks.reframe import reframe_many
-from tasks.segment import segment_cell
+from tasks.segment import Segmentation, segment_cell
 
 PAD = 8
 DARK = 60  # grey level below which a border-touching region is scanner background
@@ -80,6 +81,7 @@ UNDERLINE_ANGLES = tuple(range(-15, 16, 5))  # degrees from horizontal
 UNDERLINE_LENGTH = 0.8
 
 
+@functools.lru_cache(maxsize=256)
 def _line_kernel(length: int, angle: float) -> np.ndarray:
     kernel = np.zeros((length, length), np.uint8)
     c = (length - 1) / 2
@@ -91,7 +93,8 @@ def _line_kernel(length: int, angle: float) -> np.ndarray:
 def strip_underlines(ink: np.ndarray) -> np.ndarray:
     """Ink without the long, nearly straight strokes under the middle of the writing (an
     underline, a flourish): joined to the digits they make one mark of a number, read as one
-    digit. A 7's or a 5's top bar is above the middle, and a digit's own strokes are shorter."""
+    digit. A 7's or a 5's top bar is above the middle, and a digit's own strokes are shorter.
+    Returns `ink` itself when it finds none."""
     n, _, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
     heights = [int(stats[i][3]) for i in range(1, n) if stats[i][4] >= 12]
     if not heights:
@@ -134,15 +137,10 @@ def _apart(line: list[int], main: int, stats: np.ndarray) -> list[int]:
     return rest
 
 
-def keep_writing(gray: np.ndarray, underlines: bool = True) -> np.ndarray:
-    """Keep only the handwritten number: local-contrast ink, minus long ruling lines, minus
-    marks off the main line of writing (underlines, flourishes, printed text, stains), and
-    with `underlines` False minus the strokes `strip_underlines` finds too."""
+def _keep(gray: np.ndarray, ink: np.ndarray) -> np.ndarray:
+    """The grey writing of the ink's marks on the main line of writing (not underlines apart,
+    flourishes, printed text, stains), stretched so the darkest stroke is black."""
     h = gray.shape[0]
-    ink, lines = _ink_and_lines(gray)
-    ink &= ~cv2.dilate(lines, np.ones((3, 3), np.uint8))
-    if not underlines:
-        ink = strip_underlines(ink)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
     parts = [i for i in range(1, n) if stats[i][4] >= 12 and stats[i][3] < 0.7 * h
              and not _sliver(stats[i], h)]
@@ -151,21 +149,36 @@ def keep_writing(gray: np.ndarray, underlines: bool = True) -> np.ndarray:
         return out
     main = max(parts, key=lambda i: stats[i][4] * min(stats[i][3], 0.5 * h))
     y0, y1 = stats[main][1], stats[main][1] + stats[main][3]
-    line = []
-    for i in parts:
-        y, bh = stats[i][1], stats[i][3]
-        overlap = min(y1, y + bh) - max(y0, y)
-        if overlap >= 0.4 * min(bh, y1 - y0):
-            line.append(i)
-    for i in _apart(line, main, stats):
-        line.remove(i)
+    line = [i for i in parts
+            if min(y1, stats[i][1] + stats[i][3]) - max(y0, stats[i][1]) >= 0.4 * min(stats[i][3], y1 - y0)]
+    dropped = set(_apart(line, main, stats))
     for i in line:
-        out[labels == i] = gray[labels == i]
+        if i not in dropped:
+            out[labels == i] = gray[labels == i]
     # faint pencil or faded ink: stretch so the darkest stroke is black
     depth = 255 - int(out.min())
     if depth > 0:
         out = (255 - (255 - out.astype(np.float32)) * (255 / depth)).clip(0, 255).astype(np.uint8)
     return out
+
+
+def writing_versions(gray: np.ndarray, without_underlines: bool = False) -> list[np.ndarray]:
+    """The handwritten number alone: local-contrast ink minus long ruling lines, then `_keep`.
+    With `without_underlines`, also the same without the strokes `strip_underlines` finds,
+    when it finds any (one version otherwise)."""
+    ink, lines = _ink_and_lines(gray)
+    ink &= ~cv2.dilate(lines, np.ones((3, 3), np.uint8))
+    versions = [_keep(gray, ink)]
+    if without_underlines:
+        stripped = strip_underlines(ink)
+        if stripped is not ink:
+            versions.append(_keep(gray, stripped))
+    return versions
+
+
+def keep_writing(gray: np.ndarray) -> np.ndarray:
+    """Keep only the handwritten number (`writing_versions`, as it is)."""
+    return writing_versions(gray)[0]
 
 
 SHEARS = np.linspace(-0.8, 0.8, 17)  # horizontal shear per unit of height to try
@@ -194,20 +207,29 @@ def slant_of(clean: np.ndarray, shears: np.ndarray = SHEARS) -> float:
     return best
 
 
-def prepare_cell(gray: np.ndarray, max_digits: int, underlines: bool = True):
-    """Segmentation of one cell image (grey, dark ink on light paper); with `underlines`
-    False, of the writing without its underlines (`strip_underlines`)."""
+def prepare_cell_versions(gray: np.ndarray, max_digits: int, without_underlines: bool = False
+                          ) -> list[Segmentation]:
+    """Segmentations of one cell image (grey, dark ink on light paper): of its writing, and
+    with `without_underlines` also of its writing without underlines, when it has some."""
     gray = clean_margins(gray)
     if writing_fills_crop(gray):
         pad = gray.shape[0] // 2
         paper = int(np.percentile(gray, 90))
         roomy = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=paper)
-        clean = keep_writing(roomy, underlines)[pad:-pad, pad:-pad]
+        versions = [v[pad:-pad, pad:-pad] for v in writing_versions(roomy, without_underlines)]
     else:
-        clean = keep_writing(gray, underlines)
-    framed = cv2.copyMakeBorder(clean, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
-    framed[:PAD], framed[-PAD:], framed[:, :PAD], framed[:, -PAD:] = 255, 255, 255, 255
-    return segment_cell(framed, PAD, max_digits, shear=SLANT_SHARE * slant_of(clean))
+        versions = writing_versions(gray, without_underlines)
+    segs = []
+    for clean in versions:
+        framed = cv2.copyMakeBorder(clean, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
+        framed[:PAD], framed[-PAD:], framed[:, :PAD], framed[:, -PAD:] = 255, 255, 255, 255
+        segs.append(segment_cell(framed, PAD, max_digits, shear=SLANT_SHARE * slant_of(clean)))
+    return segs
+
+
+def prepare_cell(gray: np.ndarray, max_digits: int) -> Segmentation:
+    """Segmentation of one cell image's writing, as it is."""
+    return prepare_cell_versions(gray, max_digits)[0]
 
 
 @dataclass(frozen=True)
@@ -250,8 +272,8 @@ def read_cells(images: list[np.ndarray], model, max_digits: int, ok_threshold: f
     without its underlines, and the likelier reading is kept: the model decides whether a long
     low stroke was part of a digit (as between one digit and several touching ones).
     Outside the form a lone dash goes to review (see `compose`)."""
-    segs = [prepare_cell(img, max_digits) for img in images]
-    segs += [prepare_cell(img, max_digits, underlines=False) for img in images]
+    versions = [prepare_cell_versions(img, max_digits, without_underlines=True) for img in images]
+    segs = [s for v in versions for s in v]
     digits = [d for s in segs for d in s.digits]
     x = reframe_many(digits, reframe, ink="bright")  # type: ignore[arg-type]
     probs = predict_proba(model, x, batch_size) if len(x) else np.zeros((0, 10), np.float32)
@@ -261,8 +283,11 @@ def read_cells(images: list[np.ndarray], model, max_digits: int, ok_threshold: f
         n = len(s.digits)
         readings.append(compose(s, probs[offset : offset + n], max_digits, ok_threshold, dash_is_zero=False))
         offset += n
-    as_is, stripped = readings[: len(images)], readings[len(images) :]
-    return [b if b.confidence > a.confidence else a for a, b in zip(as_is, stripped, strict=True)]
+    out, start = [], 0
+    for v in versions:  # the likelier reading of each cell; as it is, when they tie
+        out.append(max(readings[start : start + len(v)], key=lambda r: r.confidence))
+        start += len(v)
+    return out
 
 
 def score_numbers(readings: list[CellReading], labels: list[int]) -> dict:

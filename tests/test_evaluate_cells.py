@@ -10,6 +10,7 @@ from tasks.cell_reader import (
     clean_margins,
     keep_writing,
     prepare_cell,
+    prepare_cell_versions,
     read_label_csv,
     slant_of,
     strip_underlines,
@@ -164,3 +165,16 @@ def test_a_thin_mark_standing_apart_from_the_number_is_dropped_but_a_near_1_is_k
     assert (alone[:, 60:130] < 128).sum() > 200  # the number, its 1 included
     cv2.line(cell, (20, 80), (21, 118), 20, 2)  # a page edge's shadow, far left of the number
     np.testing.assert_array_equal(keep_writing(cell), alone)
+
+
+def test_a_blank_cell_and_a_number_without_underline_are_read_once_a_blank_one_empty():
+    blank = np.full((200, 140), 235, np.uint8)
+    segs = prepare_cell_versions(blank, 6, without_underlines=True)
+    assert [(s.kind, s.reason) for s in segs] == [("empty", "no ink in the cell")]
+    plain = np.full((200, 300), 235, np.uint8)  # wide: the underline is no ruling line
+    cv2.putText(plain, "70", (120, 110), cv2.FONT_HERSHEY_SIMPLEX, 1.2, 20, 3)
+    assert len(prepare_cell_versions(plain, 6, without_underlines=True)) == 1  # nothing to strip
+    underlined = plain.copy()
+    cv2.line(underlined, (116, 117), (168, 115), 20, 3)
+    cv2.line(underlined, (132, 108), (132, 117), 20, 3)  # the 7's foot joins the underline
+    assert len(prepare_cell_versions(underlined, 6, without_underlines=True)) == 2
