@@ -66,16 +66,19 @@ def percentile_u8(img: np.ndarray, q: float) -> float:
     return float(a + (b - a) * np.float32(t) if t < 0.5 else b - (b - a) * np.float32(1 - t))
 
 
-def ink_strength(cell: np.ndarray) -> tuple[np.ndarray, float]:
-    """Ink as a 0-1 map relative to this cell's paper level, and the cell's contrast."""
-    g = cell.astype(np.float32)
+def ink_levels(cell: np.ndarray) -> tuple[np.ndarray | None, float]:
+    """The ink strength (0-1, relative to this cell's paper level) of each of the 256 grey
+    levels of an 8-bit cell, and the cell's contrast; no table when it has no contrast.
+    Strength depends on the grey level alone, so the table gives the per-pixel arithmetic
+    exactly, at the cost of a lookup and only where it is needed (the digits' boxes)."""
     paper = percentile_u8(cell, 90)
     # the darkest stroke, after a blur so that a lone dark pixel does not count as ink
     dark = float(cv2.blur(cell, (3, 3)).min())
     contrast = paper - dark
     if contrast <= 0:
-        return np.zeros_like(g), 0.0
-    return np.clip((paper - g) / max(contrast, MIN_CONTRAST), 0, 1), contrast
+        return None, 0.0
+    grey = np.arange(256, dtype=np.float32)
+    return np.clip((paper - grey) / max(contrast, MIN_CONTRAST), 0, 1), contrast
 
 
 def remove_rules(binary: np.ndarray, pad: int, subbox_edges: list[int]) -> np.ndarray:
@@ -179,13 +182,16 @@ def _split_touching(mask: np.ndarray, parts: int, shear: float = 0.0) -> list[np
 def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list[int] | None = None,
                  shear: float = 0.0) -> Segmentation:
     """Find the handwritten digits in one cell crop: empty, a dash, digits, or unreadable."""
-    strength, contrast = ink_strength(cell)
+    if cell.dtype != np.uint8:  # crops are 8-bit grey; anything else is brought to it
+        cell = np.clip(np.round(cell), 0, 255).astype(np.uint8)
+    levels, contrast = ink_levels(cell)
     h, w = cell.shape
     core_h, core_w = h - 2 * pad, w - 2 * pad
-    if contrast < MIN_CONTRAST:
+    if levels is None or contrast < MIN_CONTRAST:
         return Segmentation("empty", reason="no ink in the cell")
-    binary = np.where(strength > INK_LEVEL, 255, 0).astype(np.uint8)
-    core_share = float((binary[pad : h - pad, pad : w - pad] > 0).mean())
+    binary = cv2.LUT(cell, np.where(levels > INK_LEVEL, 255, 0).astype(np.uint8))
+    core = binary[pad : h - pad, pad : w - pad]
+    core_share = cv2.countNonZero(core) / core.size if core.size else float("nan")
     if core_share > SCRIBBLE_SHARE:
         return Segmentation("unreadable", reason=f"scribbled over: ink covers {core_share:.0%} of the cell")
     binary = remove_rules(binary, pad, subbox_edges or [])
@@ -260,7 +266,7 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
                 if len(xs) == 0:
                     continue
                 x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-                region = strength[by + y0 : by + y1, bx + x0 : bx + x1] * piece[y0:y1, x0:x1]
+                region = levels[cell[by + y0 : by + y1, bx + x0 : bx + x1]] * piece[y0:y1, x0:x1]
                 idx.append(len(seg.digits))
                 seg.digits.append(region.astype(np.float32))
                 seg.boxes.append((int(bx + x0), int(by + y0), int(x1 - x0), int(y1 - y0)))
