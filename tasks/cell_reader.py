@@ -284,10 +284,20 @@ def read_cells(images: list[np.ndarray], model, max_digits: int, ok_threshold: f
         readings.append(compose(s, probs[offset : offset + n], max_digits, ok_threshold, dash_is_zero=False))
         offset += n
     out, start = [], 0
-    for v in versions:  # the likelier reading of each cell; as it is, when they tie
-        out.append(max(readings[start : start + len(v)], key=lambda r: r.confidence))
+    for v in versions:
+        mine = readings[start : start + len(v)]
+        out.append(mine[likelier(mine)])
         start += len(v)
     return out
+
+
+def likelier(readings: list[CellReading]) -> int:
+    """Which reading of a cell's versions to keep: the model's most confident one, as it is
+    when they tie. A dash or a blank has confidence 1 by rule, not by the model, so it wins
+    only when no version reads digits: in a tall crop a number whose underline joins it is
+    a flat mark, a "dash", that would otherwise beat the same number read without the line."""
+    read = [i for i, r in enumerate(readings) if r.digits.isdigit()]
+    return max(read or range(len(readings)), key=lambda i: readings[i].confidence)
 
 
 def score_numbers(readings: list[CellReading], labels: list[int]) -> dict:

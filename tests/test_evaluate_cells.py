@@ -9,6 +9,7 @@ from flows.cli import app
 from tasks.cell_reader import (
     clean_margins,
     keep_writing,
+    likelier,
     prepare_cell,
     prepare_cell_versions,
     read_label_csv,
@@ -16,6 +17,7 @@ from tasks.cell_reader import (
     strip_underlines,
     writing_fills_crop,
 )
+from tasks.compose import CellReading
 
 
 def test_label_csv_skips_labels_that_are_not_plain_numbers():
@@ -178,3 +180,32 @@ def test_a_blank_cell_and_a_number_without_underline_are_read_once_a_blank_one_e
     cv2.line(underlined, (116, 117), (168, 115), 20, 3)
     cv2.line(underlined, (132, 108), (132, 117), 20, 3)  # the 7's foot joins the underline
     assert len(prepare_cell_versions(underlined, 6, without_underlines=True)) == 2
+
+
+def underlined_tall_cells() -> list[np.ndarray]:
+    """Numbers in tall register-like crops, each underlined with its last digit joined to the
+    line: as they are, the number and its line make one flat mark."""
+    cells = []
+    for text in ("70", "25", "36", "58", "93"):
+        cell = np.full((200, 300), 235, np.uint8)
+        cv2.putText(cell, text, (120, 110), cv2.FONT_HERSHEY_SIMPLEX, 1.2, 20, 3)
+        cv2.line(cell, (110, 118), (175, 116), 20, 3)
+        cv2.line(cell, (150, 100), (150, 118), 20, 3)
+        cells.append(cell)
+    return cells
+
+
+def test_a_number_joined_to_its_underline_is_a_flat_mark_until_the_line_goes():
+    as_is, stripped = prepare_cell_versions(underlined_tall_cells()[0], 6, without_underlines=True)
+    assert as_is.kind == "dash" and stripped.kind == "digits" and len(stripped.groups) == 2
+
+
+def test_the_kept_reading_is_the_models_likeliest_and_a_dash_never_beats_digits():
+    dash = CellReading(0, "-", 1.0, "review")
+    blank = CellReading(None, "", 1.0, "empty")
+    digits = [CellReading(70, "70", c, "review") for c in (0.6, 0.8, 0.8)]
+    assert likelier([dash, digits[0]]) == 1  # the rule's confidence of 1 does not count
+    assert likelier([blank, digits[0]]) == 1
+    assert likelier([digits[0], digits[1]]) == 1
+    assert likelier([digits[1], digits[2]]) == 0  # a tie keeps the cell as it is
+    assert likelier([dash, blank]) == 0

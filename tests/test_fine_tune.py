@@ -205,3 +205,24 @@ def test_forced_alignment_picks_the_split_that_fits_the_label():
     assert align_to_label(seg, probs, 7) is None  # nothing reads as a 7: a wrong label
     assert align_to_label(seg, probs, 123) is None  # no segmentation has 3 digits
     assert align_to_label(Segmentation("dash"), np.zeros((0, 10)), 5) is None
+
+
+def test_harvest_takes_each_cell_as_the_reader_reads_it(use_registry):
+    """A number joined to its underline is read without the line; harvesting sees the same
+    segmentation, so its digits are labelled instead of the cell being skipped as a dash."""
+    from tasks import tracking
+    from tasks.cell_reader import read_cells
+    from tasks.settings import load_settings
+    from tasks.weak_labels import harvest_cells
+    from tests.test_evaluate_cells import underlined_tall_cells
+
+    settings = load_settings()
+    ref = tracking.resolve_model(tracking.configure_mlflow(settings), "models:/digit-cnn@champion")
+    model = tracking.load_reader_model(ref, "keras")
+    cells = underlined_tall_cells()
+    readings = read_cells(cells, model, 6, 0.99)
+    read = [r.value for r in readings if r.digits.isdigit()]
+    assert len(read) == len(cells)
+    weak, report = harvest_cells(cells, read, model, 6)
+    assert (report["used"], report["aligned"], report["skipped"]) == (len(cells), 0, 0)
+    assert len(weak) == sum(len(str(v)) for v in read)
