@@ -3,8 +3,17 @@ up to its total and the total equals the envelopes (sobres)."""
 
 import pytest
 
-from tasks.checksum import apply_checksum, decode, sum_relations
+from tasks.checksum import _Mass, apply_checksum, decode, sum_relations
 from tasks.compose import CellReading
+
+
+def _prefix_masses(cells: list[str], logp: dict[str, dict[int, float]], limit: int) -> list:
+    """masses[i] = total probability of the first i cells' values summing to each s, one cell at a
+    time: the reference the decoder's tables are checked against."""
+    out = [_Mass.start(limit + 1)]
+    for c in cells[:-1]:
+        out.append(out[-1].add_cell(logp[c]))
+    return out
 
 
 def truth() -> dict[str, int]:
@@ -95,7 +104,7 @@ def test_knapsack_masses_and_best_match_enumeration():
     import itertools
     import math
 
-    from tasks.checksum import OUTSIDE, WILDCARD, _knapsack, _prefix_masses
+    from tasks.checksum import OUTSIDE, WILDCARD, _knapsack
 
     limit = 12
     logp = {"a": {2: math.log(0.7), 3: math.log(0.2)}, "b": {5: math.log(0.9)},
@@ -123,3 +132,107 @@ def test_knapsack_masses_and_best_match_enumeration():
     two = _prefix_masses(cells, logp, limit)[2]
     assert [prefixes[2][s] for s in range(limit + 1)] == pytest.approx([two[s] for s in range(limit + 1)])
     assert two[7] == pytest.approx(math.log(sum(weight("a", x) * weight("b", 7 - x) for x in range(8))))
+
+
+def _random_logp(rng, cells, limit):
+    import math
+
+    return {c: {rng.randint(0, limit): math.log(rng.choice([1e-12, 1e-5, rng.random()]))
+                for _ in range(rng.randint(0, 5))} for c in cells}
+
+
+def test_unwound_values_reach_the_best_sum():
+    """The choices `_unwind` finds from the tables before each cell add up to the sum and score
+    exactly its best log-probability."""
+    import random
+
+    from tasks.checksum import NEG, WILDCARD, _knapsack, _unwind
+
+    rng = random.Random(1)
+    cells = ["a", "b", "c", "d"]
+    for _ in range(200):
+        limit = rng.choice([9, 30, 99])
+        logp = _random_logp(rng, cells, limit)
+        best, before, _mass, _prefixes = _knapsack(cells, logp, limit)
+        for total in rng.sample(range(limit + 1), 5):
+            values = _unwind(cells, before, logp, total)
+            assert sum(values.values()) == total
+            score = sum(max(logp[c].get(v, NEG), WILDCARD) for c, v in values.items())
+            assert score == pytest.approx(best[total], abs=1e-9)
+
+
+def test_leaf_marginals_match_the_sum_over_root_values():
+    """The backward pass gives each leaf the same marginal as summing, root value by root
+    value, the leaves before it times the leaves after it."""
+    import math
+    import random
+
+    import numpy as np
+
+    from tasks.checksum import NEG, WILDCARD, _knapsack, _leaf_marginals
+
+    rng = random.Random(2)
+    leaves = ["a", "b", "c", "d", "e"]
+    limit = 60
+    for _ in range(50):
+        logp = _random_logp(rng, leaves, limit)
+        _best, _before, _mass, prefix = _knapsack(leaves, logp, limit)
+        values = {c: rng.randint(0, 12) for c in leaves}
+        rest = {s: rng.uniform(-30, -3) for s in rng.sample(range(limit + 1), 6)}
+        got = _leaf_marginals(leaves, values, logp, prefix, rest, 0.0)
+        suffix = _prefix_masses(leaves[::-1], logp, limit)[::-1]
+        for i, c in enumerate(leaves):
+            v = values[c]
+            own = float(np.logaddexp(logp[c].get(v, NEG), WILDCARD))
+            total = 0.0
+            for s, r in rest.items():
+                if s >= v:
+                    both = float(np.dot(prefix[i].lin[: s - v + 1], suffix[i].lin[s - v :: -1]))
+                    total += math.exp(r + own + prefix[i].scale + suffix[i].scale) * both
+            if total > 0:
+                assert got[c] == pytest.approx(min(1.0, total), rel=1e-12)
+            else:
+                assert c not in got
+
+
+def test_add_cell_adds_in_the_order_of_slice_updates():
+    """Bit for bit the masses of one slice update per candidate, in the candidates' order: the
+    joint confidence must not move with the way the sums are batched."""
+    import math
+    import random
+
+    import numpy as np
+
+    from tasks.checksum import OUTSIDE, _Mass
+
+    rng = random.Random(3)
+    for _ in range(300):
+        n = rng.choice([10, 100, 1000])
+        mass = _Mass(np.array([rng.random() ** rng.choice((1, 8, 40)) for _ in range(n)]), rng.random())
+        cands = {rng.randint(0, n + 5): math.log(max(rng.random(), 1e-12)) for _ in range(rng.randint(0, 12))}
+        want = np.cumsum(mass.lin)
+        want *= OUTSIDE / 1000
+        for v, lp in cands.items():
+            if v < n:
+                want[v:] += mass.lin[: n - v] * math.exp(lp)
+        want = _Mass(want, mass.scale)
+        got = mass.add_cell(cands)
+        assert np.array_equal(got.lin, want.lin) and got.scale == want.scale
+
+
+def test_knapsack_masses_are_those_of_add_cell_bit_for_bit():
+    import random
+
+    import numpy as np
+
+    from tasks.checksum import _knapsack
+
+    rng = random.Random(4)
+    cells = ["a", "b", "c", "d", "e", "f"]
+    for _ in range(50):
+        logp = _random_logp(rng, cells, 999)
+        _best, _before, mass, prefixes = _knapsack(cells, logp, 999)
+        chain = _prefix_masses(cells, logp, 999)
+        chain.append(chain[-1].add_cell(logp[cells[-1]]))
+        for got, want in zip([*prefixes, mass], chain, strict=True):
+            assert np.array_equal(got.lin, want.lin) and got.scale == want.scale
