@@ -41,6 +41,9 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # network blip) before giving up: long enough to ride out a restart, short enough that a
 # wrong URL fails within a minute.
 CONNECT_WAIT_S = 60.0
+# what a reading names its model by (tasks.tracking.ModelRef.label): a registry version, or
+# the URI of a model outside the registry, which must fit
+MODEL_LABEL_LENGTH = 128
 log = logging.getLogger(__name__)
 
 
@@ -91,7 +94,7 @@ class Run(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     flow: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
-    model_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model_version: Mapped[str | None] = mapped_column(String(MODEL_LABEL_LENGTH), nullable=True)
     template: Mapped[str | None] = mapped_column(String(64), nullable=True)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -124,7 +127,7 @@ class Reading(Base):
     confidence: Mapped[float] = mapped_column(Float, default=0.0)
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    model_version: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(MODEL_LABEL_LENGTH))
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -142,7 +145,7 @@ class Scan(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     page: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     pages: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
-    model_version: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(MODEL_LABEL_LENGTH))
     template: Mapped[str] = mapped_column(String(64))
     telegram_id: Mapped[int | None] = mapped_column(
         ForeignKey("telegrams.id", ondelete="SET NULL"), nullable=True)

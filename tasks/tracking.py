@@ -176,6 +176,11 @@ def resolve_model(client, uri: str) -> ModelRef:
 
     m = _MODEL_URI.match(uri)
     if not m:
+        from tasks.db import MODEL_LABEL_LENGTH
+
+        if len(uri) > MODEL_LABEL_LENGTH:  # every reading records it, in columns of that width
+            raise CifrasError(f"model reference too long to record ({len(uri)} characters, at most "
+                              f"{MODEL_LABEL_LENGTH}): register the model and pass models:/NAME/VERSION")
         return ModelRef(uri=uri, name=None, version=None)
     name = m["name"]
     try:

@@ -241,3 +241,23 @@ def test_mlflow_unreachable(night: Path, trained_registry: Path, monkeypatch):
         run = s.get(Run, alone["run_id"])
         assert run.status == "completed" and run.metrics["read"] == n and run.metrics["warnings"]
     assert (night / "exports" / "runs" / alone["run_id"] / "readings.parquet").is_file()
+
+
+@pytest.mark.postgres
+def test_a_model_reference_too_long_to_record_is_refused_before_any_reading(pg_url, template):
+    """Every reading records its model; PostgreSQL enforces the column's width, so a path that
+    does not fit must stop the run up front with a clear error, not fail each chunk's write."""
+    from tasks.db import MODEL_LABEL_LENGTH
+    from tasks.persist import persist_chunk, start_run
+    from tasks.read import ScanReading
+    from tasks.tracking import resolve_model
+
+    longest = "file:///models/" + "m" * (MODEL_LABEL_LENGTH - len("file:///models/"))
+    assert resolve_model(None, longest).label == longest  # outside the registry: no lookup
+    start_run(pg_url, "r1", "ingest", longest, template.name, {})
+    reading = ScanReading("file:///s/2100100001X.jpg", "a" * 64, "unreadable", "corrupt", 0.0, [], {})
+    persist_chunk(pg_url, [reading], "r1", longest, template.name, {})
+    with session_scope(pg_url) as s:
+        assert s.scalars(select(Scan.model_version)).all() == [longest]
+    with pytest.raises(CifrasError, match="too long to record"):
+        resolve_model(None, longest + "x")
