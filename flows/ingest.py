@@ -40,7 +40,14 @@ from tasks.ingest_tasks import (
     worker_processes,
 )
 from tasks.metrics import save_confusion_png
-from tasks.persist import finish_run, iter_run_cells, known_scans, scan_status_counts, start_run
+from tasks.persist import (
+    finish_run,
+    iter_run_cells,
+    known_scans,
+    note_mlflow_run,
+    scan_status_counts,
+    start_run,
+)
 from tasks.prefect_utils import IO_RETRIES, run_logger
 from tasks.scoring import ScoreAccumulator, Scored
 from tasks.settings import DaskSettings, Settings, load_settings
@@ -223,9 +230,13 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
               "since": since, "until": until, "ok_threshold": settings.read.ok_threshold,
               "reframe": settings.read.reframe, "chunk_size": settings.read.chunk_size,
               "inference": settings.read.inference, "threads": settings.read.threads}
-    start_run(db_url, run_id, flow_name, model_ref.label, template,
-              {k: str(v) for k, v in params.items()})
+    stale = start_run(db_url, run_id, flow_name, model_ref.label, template,
+                      {k: str(v) for k, v in params.items()}, settings.read.stale_run_s)
     client = tracking.configure_mlflow(settings)
+    for run in stale:
+        warn(f"{run.flow} run {run.id} was still marked running with no sign of life for over "
+             f"{settings.read.stale_run_s} s (its process was killed); marked interrupted")
+        tracking.mark_killed(client, run.mlflow_run_id)
     try:
         experiment = tracking.ensure_experiment(client, settings, settings.read.experiment)
     except CifrasError as exc:
@@ -240,6 +251,8 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
     try:
         with tracking.optional_run(client, experiment, f"{flow_name}-{run_id[:8]}",
                                    {"prefect_flow_run_id": run_id}, warn) as mlflow_run_id:
+            if mlflow_run_id is not None:
+                note_mlflow_run(db_url, run_id, mlflow_run_id)
             refs, skipped = discover_task(settings, source, model_ref.label, since, until, force, db_url)
             log.info("%d new scans under %s (%d already read by %s)", len(refs), source, skipped,
                      model_ref.label)

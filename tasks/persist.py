@@ -7,9 +7,10 @@ the same night replaces rows instead of duplicating them, and one chunk is one t
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tasks.db import Reading, Run, Scan, Telegram, session_scope, utcnow
@@ -27,11 +28,39 @@ def _upsert(session, table, rows: list[dict[str, Any]], keys: list[str]) -> None
 
 
 def start_run(db_url: str, run_id: str, flow: str, model_version: str, template: str,
-              params: dict[str, Any]) -> None:
+              params: dict[str, Any], stale_after_s: float | None = None) -> list[Run]:
+    """Record a run as `running`. With `stale_after_s`, first mark every other `running` run
+    with no sign of life for that long (no chunk stored, or not started, since) as
+    `interrupted`: a process killed outright (SIGKILL, out of memory, power) cannot say so
+    itself, and a run left `running` forever misleads whoever watches. Returns those runs."""
+    now = utcnow()
     with session_scope(db_url) as s:
+        stale = []
+        if stale_after_s is not None:
+            for run in s.scalars(select(Run).where(Run.status == "running", Run.id != run_id)):
+                seen = _aware(run.heartbeat_at or run.started_at)
+                if (now - seen).total_seconds() > stale_after_s:
+                    run.status, run.finished_at = "interrupted", now
+                    run.metrics = {**(run.metrics or {}), "interrupted": (
+                        f"no sign of life since {seen.isoformat(timespec='seconds')}; "
+                        f"marked by run {run_id}")}
+                    stale.append(run)
         if s.get(Run, run_id) is None:
             s.add(Run(id=run_id, flow=flow, status="running", model_version=model_version,
-                      template=template, params=params, metrics={}))
+                      template=template, params=params, metrics={}, heartbeat_at=now))
+        return stale
+
+
+def _aware(t: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were written in UTC."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def note_mlflow_run(db_url: str, run_id: str, mlflow_run_id: str) -> None:
+    """Link the run to its MLflow run as soon as there is one, so that a run killed before it
+    ends can still have its MLflow run closed by the next."""
+    with session_scope(db_url) as s:
+        s.execute(update(Run).where(Run.id == run_id).values(mlflow_run_id=mlflow_run_id))
 
 
 def finish_run(db_url: str, run_id: str, status: str, metrics: dict[str, Any],
@@ -101,6 +130,7 @@ def persist_chunk(
                     "created_at": utcnow(),
                 })
         _upsert(s, Scan.__table__, scan_rows, ["content_hash", "page", "model_version"])
+        s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))
         for start in range(0, len(reading_rows), 1000):
             _upsert(s, Reading.__table__, reading_rows[start : start + 1000],
                     ["content_hash", "page", "cell_id", "model_version"])

@@ -101,6 +101,9 @@ class ReadSettings(_Section):
     pdf_dpi: int = Field(default=200, ge=36, le=600)
     suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".pdf")
     experiment: str = "telegram-ingest"
+    # A run still `running` with no chunk stored for this long is marked `interrupted` by the
+    # next run: a process killed outright cannot mark its own run ended.
+    stale_run_s: int = Field(default=3600, ge=1)
 
 
 class DaskSettings(_Section):

@@ -127,6 +127,18 @@ def optional_run(client, experiment_id: str | None, run_name: str, tags: dict[st
                 warn(f"MLflow unreachable, run {run_id} left open: {short_error(exc)}")
 
 
+def mark_killed(client, run_id: str | None) -> None:
+    """End the MLflow run of a run whose process was killed, as KILLED; best effort (the
+    results database already says `interrupted`)."""
+    if run_id is None:
+        return
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+    except Exception as exc:  # unreachable, or the run is gone: nothing more to do
+        log.warning("MLflow run %s of an interrupted run left as it was: %s", run_id, short_error(exc))
+
+
 def log_params(client, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 

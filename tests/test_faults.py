@@ -185,11 +185,28 @@ def test_worker_killed_mid_chunk_then_rerun_completes(night: Path, prefect_serve
     print(f"killed after {done} of {n} scans were stored")
     assert 2 <= done < n and len(kept) == done and set(kept.values()) == {CELLS}
 
-    rerun = ingest_flow()
+    with session_scope(db_url) as s:
+        killed = s.scalars(select(Run)).one()
+        assert killed.status == "running"  # all a killed process leaves behind
+        assert killed.heartbeat_at is not None  # its last stored chunk
+
+    time.sleep(1.5)
+    with pytest.MonkeyPatch.context() as mp:  # a killed run's last sign of life is this old
+        mp.setenv("CIFRAS_READ__STALE_RUN_S", "1")
+        rerun = ingest_flow()
     assert rerun["scans"] == n - done and rerun["read"] == n - done
     per_scan = readings_per_scan(db_url)
     assert len(per_scan) == n and set(per_scan.values()) == {CELLS}
     assert n_scans(db_url) == n
+    with session_scope(db_url) as s:
+        runs = {r.id: r for r in s.scalars(select(Run))}
+    after = runs[killed.id]
+    assert after.status == "interrupted" and "no sign of life" in after.metrics["interrupted"]
+    assert [r.status for i, r in runs.items() if i != killed.id] == ["completed"]
+    from mlflow import MlflowClient
+
+    settings = load_settings()
+    assert MlflowClient(settings.mlflow_tracking_uri).get_run(killed.mlflow_run_id).info.status == "KILLED"
 
 
 def dead_http_url() -> str:
@@ -261,3 +278,30 @@ def test_a_model_reference_too_long_to_record_is_refused_before_any_reading(pg_u
         assert s.scalars(select(Scan.model_version)).all() == [longest]
     with pytest.raises(CifrasError, match="too long to record"):
         resolve_model(None, longest + "x")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_run_with_no_sign_of_life_is_marked_interrupted_by_the_next(backend, request, template):
+    """Only runs whose last stored chunk (or start) is older than the limit: a long backfill
+    storing chunks beside tonight's ingest stays running."""
+    from datetime import timedelta
+
+    from tasks.db import utcnow
+    from tasks.persist import start_run
+
+    url = request.getfixturevalue("db_url" if backend == "sqlite" else "pg_url")
+    start_run(url, "killed", "ingest", "digit-cnn/v1", template.name, {})
+    start_run(url, "alive", "backfill", "digit-cnn/v1", template.name, {})
+    start_run(url, "done", "ingest", "digit-cnn/v1", template.name, {})
+    with session_scope(url) as s:
+        s.get(Run, "killed").heartbeat_at = utcnow() - timedelta(hours=2)
+        s.get(Run, "alive").heartbeat_at = utcnow() - timedelta(minutes=5)
+        s.get(Run, "done").status = "completed"
+        s.get(Run, "done").heartbeat_at = utcnow() - timedelta(hours=3)
+    stale = start_run(url, "new", "ingest", "digit-cnn/v1", template.name, {}, stale_after_s=3600)
+    assert [r.id for r in stale] == ["killed"]
+    with session_scope(url) as s:
+        status = {r.id: r.status for r in s.scalars(select(Run))}
+        reason = s.get(Run, "killed").metrics["interrupted"]
+    assert status == {"killed": "interrupted", "alive": "running", "done": "completed", "new": "running"}
+    assert reason.startswith("no sign of life since") and "marked by run new" in reason
