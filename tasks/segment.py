@@ -205,9 +205,10 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
                                                            connectivity=8)
     stats[:, 0] += ox
     stats[:, 1] += oy
+    rows = stats.tolist()  # Python ints: the loops below index them one by one
     inside = []
     for i in range(1, n):
-        x, y, bw, bh, _ = stats[i]
+        x, y, bw, bh, _ = rows[i]
         cx, cy = x + bw / 2, y + bh / 2
         if pad - 2 <= cx <= w - pad + 2 and pad - 2 <= cy <= h - pad + 2:
             inside.append(i)  # the rest belongs to the neighbouring cell or the rule
@@ -216,9 +217,9 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
     # writing (a register row), a thin "1" is shorter than a quarter of the crop. Half the
     # writing's height was chosen on the Danish validation rows (+0.5 points); at least 8 px,
     # so that a cell of nothing but dust stays empty
-    writing_h = max([8, *(int(stats[i][3]) for i in inside)])
+    writing_h = max([8, *(int(rows[i][3]) for i in inside)])
     keep = [i for i in inside
-            if not (stats[i][4] < speck and stats[i][3] < min(0.25 * core_h, 0.5 * writing_h))]
+            if not (rows[i][4] < speck and rows[i][3] < min(0.25 * core_h, 0.5 * writing_h))]
     if not keep:
         return Segmentation("empty", reason="no ink in the cell")
     if subbox_edges:
@@ -226,12 +227,12 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
         bounds = [pad, *subbox_edges, w - pad]
         slots: dict[int, list[int]] = {}
         for j, i in enumerate(keep):
-            cx = stats[i][0] + stats[i][2] / 2
+            cx = rows[i][0] + rows[i][2] / 2
             slot = int(np.searchsorted(bounds, cx)) - 1
             slots.setdefault(slot, []).append(j)
         groups = [slots[k] for k in sorted(slots)]
     else:
-        groups = _merge_groups([(*(int(v) for v in stats[i]), i) for i in keep])  # type: ignore[misc]
+        groups = _merge_groups([(*rows[i], i) for i in keep])  # type: ignore[misc]
     boxes_masks = []
     chosen = np.zeros(n, bool)  # a lookup table over labels: np.isin's mask, faster
     for g in groups:
@@ -239,8 +240,8 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
         chosen[:] = False
         chosen[ids] = True
         # the group's box is the union of its components' boxes; its mask, within that box
-        x0, y0 = (int(min(stats[i][k] for i in ids)) for k in (0, 1))
-        x1, y1 = (int(max(stats[i][k] + stats[i][k + 2] for i in ids)) for k in (0, 1))
+        x0, y0 = (int(min(rows[i][k] for i in ids)) for k in (0, 1))
+        x1, y1 = (int(max(rows[i][k] + rows[i][k + 2] for i in ids)) for k in (0, 1))
         boxes_masks.append(((x0, y0, x1 - x0, y1 - y0), chosen[labels[y0 - oy : y1 - oy, x0 - ox : x1 - ox]]))
     heights = sorted(b[3] for b, _ in boxes_masks)
     tallest = heights[-1]
@@ -262,10 +263,10 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
             pieces = _split_touching(sub, parts, shear) if parts > 1 else [sub]
             idx = []
             for piece in pieces:
-                ys, xs = np.nonzero(piece)
-                if len(xs) == 0:
+                x0, y0, pw, ph = cv2.boundingRect(piece.view(np.uint8))  # of its ink
+                if pw == 0:
                     continue
-                x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+                x1, y1 = x0 + pw, y0 + ph
                 region = levels[cell[by + y0 : by + y1, bx + x0 : bx + x1]] * piece[y0:y1, x0:x1]
                 idx.append(len(seg.digits))
                 seg.digits.append(region.astype(np.float32))
