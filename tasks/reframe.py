@@ -25,8 +25,13 @@ INK_FLOOR = 0.08  # below this peak intensity an image holds no ink at all
 
 
 def to_ink_bright(image: np.ndarray, ink: Ink = "dark") -> np.ndarray:
-    """Grey float32 in [0, 1] with ink = 1, from grey or BGR, uint8/uint16/float input."""
+    """Grey float32 in [0, 1] with ink = 1, from grey or BGR, uint8/uint16/float input. An
+    image that is that already (the segmenter's digits) is returned as it is, not copied."""
     img = np.asarray(image)
+    if ink == "bright" and img.ndim == 2 and img.dtype == np.float32 and img.size:
+        lo, hi, _, _ = cv2.minMaxLoc(img)
+        if lo >= 0.0 and hi <= 1.0:
+            return img
     if img.ndim == 3:
         img = cv2.cvtColor(img[..., :3].astype(np.float32), cv2.COLOR_BGR2GRAY)
     if img.dtype == np.uint8:
@@ -64,9 +69,11 @@ def reframe_paper(img: np.ndarray) -> np.ndarray:
     return _resize(framed, SIZE, SIZE)
 
 
-def reframe_mnist(img: np.ndarray) -> np.ndarray:
-    """Crop to ink, fit in 20x20 keeping aspect, centre of mass at the 28x28 centre."""
-    x0, y0, bw, bh = cv2.boundingRect((img > INK_FLOOR * float(img.max())).view(np.uint8))
+def reframe_mnist(img: np.ndarray, peak: float | None = None) -> np.ndarray:
+    """Crop to ink, fit in 20x20 keeping aspect, centre of mass at the 28x28 centre (`peak`:
+    the image's maximum, when the caller has it)."""
+    peak = float(img.max()) if peak is None else peak
+    x0, y0, bw, bh = cv2.boundingRect((img > INK_FLOOR * peak).view(np.uint8))
     crop = img[y0 : y0 + bh, x0 : x0 + bw]
     h, w = crop.shape
     scale = BOX / max(h, w)
@@ -83,12 +90,13 @@ def reframe_mnist(img: np.ndarray) -> np.ndarray:
 def reframe(image: np.ndarray, method: Method = "mnist", ink: Ink = "dark") -> np.ndarray:
     """One digit image to a (28, 28) float32 model input; a blank image gives all zeros."""
     img = to_ink_bright(image, ink)
-    if img.size == 0 or float(img.max()) < INK_FLOOR:
+    peak = float(img.max()) if img.size else 0.0
+    if peak < INK_FLOOR:
         return np.zeros((SIZE, SIZE), np.float32)
     if method == "paper":
         out = reframe_paper(img)
     elif method == "mnist":
-        out = reframe_mnist(img)
+        out = reframe_mnist(img, peak)
     else:
         raise ValueError(f"unknown reframing {method!r}; choose one of {', '.join(METHODS)}")
     peak = float(out.max())
