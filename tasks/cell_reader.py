@@ -265,30 +265,52 @@ def read_label_file(path: Path, split: str | None = None) -> tuple[list[Labelled
         raise CifrasError(f"{path}: {exc}") from exc
 
 
-def read_cells(images: list[np.ndarray], model, max_digits: int, ok_threshold: float,
-               reframe: str = "mnist", batch_size: int = 2048, look_again: float = 0.0
-               ) -> list[CellReading]:
+@dataclass(frozen=True)
+class KeptReading:
+    """The version of a cell the reader keeps: its segmentation, its digits' model inputs and
+    probabilities, and its reading."""
+
+    seg: Segmentation
+    inputs: np.ndarray  # (n, 28, 28, 1)
+    probs: np.ndarray  # (n, 10)
+    reading: CellReading
+
+
+def read_cell_versions(images: list[np.ndarray | None], model, max_digits: int, ok_threshold: float,
+                       reframe: str = "mnist", batch_size: int = 2048, look_again: float = 0.0
+                       ) -> list[KeptReading | None]:
     """Read many cell images with one batched inference. Each cell is read twice, as it is and
     without its underlines, and the likelier reading is kept: the model decides whether a long
     low stroke was part of a digit (as between one digit and several touching ones).
-    Outside the form a lone dash goes to review (see `compose`)."""
-    versions = [prepare_cell_versions(img, max_digits, without_underlines=True) for img in images]
+    Outside the form a lone dash goes to review (see `compose`). None for a missing image."""
+    versions = [prepare_cell_versions(img, max_digits, without_underlines=True) if img is not None
+                else [] for img in images]
     segs = [s for v in versions for s in v]
     digits = [d for s in segs for d in s.digits]
     x = reframe_many(digits, reframe, ink="bright")  # type: ignore[arg-type]
     probs = predict_proba(model, x, batch_size) if len(x) else np.zeros((0, 10), np.float32)
     probs = second_look(model, x, probs, look_again, batch_size)
-    readings, offset = [], 0
+    read, offset = [], 0
     for s in segs:
-        n = len(s.digits)
-        readings.append(compose(s, probs[offset : offset + n], max_digits, ok_threshold, dash_is_zero=False))
-        offset += n
-    out, start = [], 0
+        mine = slice(offset, offset + len(s.digits))
+        offset = mine.stop
+        reading = compose(s, probs[mine], max_digits, ok_threshold, dash_is_zero=False)
+        read.append(KeptReading(s, x[mine], probs[mine], reading))
+    out: list[KeptReading | None] = []
+    start = 0
     for v in versions:
-        mine = readings[start : start + len(v)]
-        out.append(mine[likelier(mine)])
+        mine = read[start : start + len(v)]
         start += len(v)
+        out.append(mine[likelier([r.reading for r in mine])] if mine else None)
     return out
+
+
+def read_cells(images: list[np.ndarray], model, max_digits: int, ok_threshold: float,
+               reframe: str = "mnist", batch_size: int = 2048, look_again: float = 0.0
+               ) -> list[CellReading]:
+    """The kept reading of each cell image (`read_cell_versions`)."""
+    kept = read_cell_versions(images, model, max_digits, ok_threshold, reframe, batch_size, look_again)
+    return [k.reading for k in kept if k is not None]
 
 
 def likelier(readings: list[CellReading]) -> int:

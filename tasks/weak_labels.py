@@ -18,10 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.cell_reader import likelier, prepare_cell_versions
-from tasks.compose import compose
-from tasks.inference import predict_proba
-from tasks.reframe import reframe_many
+from tasks.cell_reader import read_cell_versions
 from tasks.scoring import digit_pairs
 from tasks.segment import Segmentation
 from tasks.settings import Settings
@@ -92,34 +89,16 @@ def harvest_cells(images: list[bytes | np.ndarray], labels: list[int], model, ma
         else:
             hashes.append(hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest())
         grays.append(img)
-    # each cell as the reader sees it (tasks.cell_reader.read_cells): as it is and, when it has
-    # underlines, without them; the likelier reading's segmentation is the one harvested
-    versions = [prepare_cell_versions(g, max_digits, without_underlines=True) if g is not None else []
-                for g in grays]
-    flat_segs = [s for v in versions for s in v]
-    inputs = [reframe_many(s.digits, reframe, ink="bright") if s.digits else None
-              for s in flat_segs]  # type: ignore[arg-type]
-    flat = [x for x in inputs if x is not None]
-    probs = predict_proba(model, np.concatenate(flat), batch_size) if flat else np.zeros((0, 10))
-    read = []  # (segmentation, its inputs, their probabilities, free reading) of each version
-    offset = 0
-    for seg, x in zip(flat_segs, inputs, strict=True):
-        n = 0 if x is None else len(x)
-        p = probs[offset : offset + n]
-        offset += n
-        read.append((seg, x, p, compose(seg, p, max_digits, 0.0)))
-    chosen_versions, start = [], 0
-    for v in versions:
-        mine = read[start : start + len(v)]
-        start += len(v)
-        chosen_versions.append(mine[likelier([r[3] for r in mine])] if mine else None)
+    # each cell as the reader sees it: as it is and, when it has underlines, without them;
+    # the segmentation of the reading the reader keeps is the one harvested
+    kept = read_cell_versions(grays, model, max_digits, 0.0, reframe, batch_size)
     xs, ys, scans = [], [], []
     used = skipped = aligned = 0
-    for version, label, h in zip(chosen_versions, labels, hashes, strict=True):
-        if version is None or version[1] is None:
+    for version, label, h in zip(kept, labels, hashes, strict=True):
+        if version is None or not version.seg.digits:
             skipped += 1
             continue
-        seg, x, p, reading = version
+        seg, x, p, reading = version.seg, version.inputs, version.probs, version.reading
         pairs = digit_pairs(label, reading.digits)
         chosen = x[reading.chosen] if reading.chosen else x
         if not pairs or len(chosen) != len(pairs):
