@@ -24,14 +24,21 @@ BOX = 20  # MNIST fits each digit in 20x20, leaving a 4-pixel margin
 INK_FLOOR = 0.08  # below this peak intensity an image holds no ink at all
 
 
-def to_ink_bright(image: np.ndarray, ink: Ink = "dark") -> np.ndarray:
-    """Grey float32 in [0, 1] with ink = 1, from grey or BGR, uint8/uint16/float input. An
-    image that is that already (the segmenter's digits) is returned as it is, not copied."""
+def _ink_bright_and_peak(image: np.ndarray, ink: Ink) -> tuple[np.ndarray, float]:
+    """`to_ink_bright` and the result's maximum (0 when empty), found once. An image that is
+    ink-bright float32 in [0, 1] already (the segmenter's digits) is not copied."""
     img = np.asarray(image)
     if ink == "bright" and img.ndim == 2 and img.dtype == np.float32 and img.size:
         lo, hi, _, _ = cv2.minMaxLoc(img)
         if lo >= 0.0 and hi <= 1.0:
-            return img
+            return img, hi
+    out = to_ink_bright(img, ink)
+    return out, float(out.max()) if out.size else 0.0
+
+
+def to_ink_bright(image: np.ndarray, ink: Ink = "dark") -> np.ndarray:
+    """Grey float32 in [0, 1] with ink = 1, from grey or BGR, uint8/uint16/float input."""
+    img = np.asarray(image)
     if img.ndim == 3:
         img = cv2.cvtColor(img[..., :3].astype(np.float32), cv2.COLOR_BGR2GRAY)
     if img.dtype == np.uint8:
@@ -89,8 +96,7 @@ def reframe_mnist(img: np.ndarray, peak: float | None = None) -> np.ndarray:
 
 def reframe(image: np.ndarray, method: Method = "mnist", ink: Ink = "dark") -> np.ndarray:
     """One digit image to a (28, 28) float32 model input; a blank image gives all zeros."""
-    img = to_ink_bright(image, ink)
-    peak = float(img.max()) if img.size else 0.0
+    img, peak = _ink_bright_and_peak(image, ink)
     if peak < INK_FLOOR:
         return np.zeros((SIZE, SIZE), np.float32)
     if method == "paper":
