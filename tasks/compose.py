@@ -70,7 +70,7 @@ def compose(seg: Segmentation, probs: np.ndarray, max_digits: int, ok_threshold:
     digits = "".join([str(best[i]) for i in chosen])
     top = top[chosen]
     conf = float(top.prod())
-    reading = CellReading(int(digits), digits, _round4(conf), "ok", None,
+    reading = CellReading(int(digits), digits, round(conf, 4), "ok", None,
                           [_rounded(top_of[i], p_of[i]) for i in chosen], chosen, candidates)
     if splits:
         reading.reason = f"read {splits} blob(s) as touching digits"
@@ -92,28 +92,9 @@ def _top_classes(probs: np.ndarray) -> list[list[int]]:
 
 
 def _rounded(classes: list[int], row: list[float]) -> list[tuple[int, float]]:
-    return [(d, _round4(row[d])) for d in classes]
+    return [(d, round(row[d], 4)) for d in classes]
 
 
-def _rounder(digits: int) -> Callable[[float], float]:
-    """`round(x, digits)`, three times faster for 0 <= x <= 1 (a cell rounds some fifty
-    probabilities). The product x * scale errs by 2**-53 of itself at most, 1e-10 here: unless
-    it lies near a tie, its nearest integer is the decimal `round` picks, and that integer over
-    scale is the float nearest the decimal, which `round` returns. Near a tie, `round` decides."""
-    scale = float(10**digits)
-
-    def rnd(x: float) -> float:
-        if 0.0 <= x <= 1.0:
-            y = x * scale
-            r = int(y + 0.5)
-            if -0.499 < y - r < 0.499:
-                return r / scale
-        return round(x, digits)
-
-    return rnd
-
-
-_round4, _round6 = _rounder(4), _rounder(6)
 
 
 def _choose_hypotheses(seg: Segmentation, top: np.ndarray) -> tuple[list[int], int]:
@@ -141,19 +122,11 @@ def _hypothesis_score(seg: Segmentation, top: np.ndarray) -> Callable[[list[int]
     """How likely the model finds one reading of a blob: its digits' log-probabilities, less
     the cost of splitting and of reading wide marks as one digit."""
     logp = np.log(top.clip(1e-9, 1.0))
-    log_of = logp.tolist()
     wide = [max(0.0, w / max(1, h) - WIDE_FROM) for _, _, w, h in seg.boxes] if seg.boxes else []
 
     def score(h: list[int]) -> float:
         width_cost = WIDE_PENALTY * sum(wide[i] for i in h) if wide else 0.0
-        if not 0 < len(h) <= 3:
-            return float(logp[h].sum()) - SPLIT_PENALTY * (len(h) - 1) - width_cost
-        # NumPy adds up to three float32 in order, each sum rounded to float32; in Python floats
-        # the sum of two float32 logs of [1e-9, 1] is exact, so rounding it gives the same float
-        total = log_of[h[0]]
-        for i in h[1:]:
-            total = float(np.float32(total + log_of[i]))
-        return total - SPLIT_PENALTY * (len(h) - 1) - width_cost
+        return float(logp[h].sum()) - SPLIT_PENALTY * (len(h) - 1) - width_cost
 
     return score
 
@@ -205,4 +178,4 @@ def _number_candidates(seg: Segmentation, top_of: list[list[int]], p_of: list[li
                 add(swapped, _split_factor(max(0, len(alt) - 1)))
             pos += len(best)
     ranked = sorted(out.items(), key=itemgetter(1), reverse=True)[:MAX_CANDIDATES]
-    return [(v, _round6(p)) for v, p in ranked]
+    return [(v, round(p, 6)) for v, p in ranked]

@@ -120,25 +120,6 @@ def test_confusion_image_shades_by_count(tmp_path):
     assert (cv2.imread(str(png)) == confusion_image(cm, "t")).all()  # lossless, as drawn
 
 
-def test_fast_rounding_matches_round_even_next_to_ties():
-    import math
-    import random
-
-    from tasks.compose import _round4, _round6
-
-    rng = random.Random(7)
-    xs = [0.0, 1.0, 5e-7, 5e-5, 0.5, 0.99995, 0.9999995] + [rng.random() ** rng.choice((1, 3, 9))
-                                                              for _ in range(20000)]
-    for k in range(0, 10**4, 37):  # the floats around each tie x.xxxx5
-        x = (k + 0.5) / 10**4
-        xs += [x, math.nextafter(x, 0), math.nextafter(x, 1), x + 1e-12, x - 1e-12]
-    for x in xs:
-        assert _round4(x) == round(x, 4)
-        assert _round6(x) == round(x, 6)
-        assert _round6(x / 100) == round(x / 100, 6)
-    assert math.isnan(_round6(math.nan)) and _round4(2.5) == 2.5
-
-
 def test_hypothesis_scores_add_float32_as_numpy_does():
     from tasks.compose import SPLIT_PENALTY, WIDE_FROM, WIDE_PENALTY, _hypothesis_score
 
