@@ -212,3 +212,14 @@ def test_row_opening_is_opencvs_opening():
         length = int(rng.integers(1, max(2, 2 * w)))
         kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1))
         assert np.array_equal(open_rows(img, length), cv2.morphologyEx(img, cv2.MORPH_OPEN, kernel))
+
+
+def test_a_cell_given_in_float_is_segmented_as_its_8_bit_grey():
+    img = with_rules(blank())
+    one(img, 60, 20)
+    zero(img, 110, 38)
+    as_u8, as_float = segment_cell(img, PAD, 3), segment_cell(img.astype(np.float64) + 0.2, PAD, 3)
+    assert as_float.kind == as_u8.kind == "digits" and as_float.boxes == as_u8.boxes
+    assert all(np.array_equal(a, b) for a, b in zip(as_float.digits, as_u8.digits, strict=True))
+    blank_float = segment_cell(blank().astype(np.float32), PAD, 3)
+    assert (blank_float.kind, blank_float.reason) == ("empty", "no ink in the cell")
