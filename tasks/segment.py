@@ -288,5 +288,8 @@ def candidate_splits(w: int, h: int, tallest: int, max_digits: int, in_subbox: b
     """
     if in_subbox or h < 0.6 * tallest or w < MIN_PAIR_RATIO * h:
         return [1]
-    most = int(np.clip(np.ceil(w / (NARROWEST_DIGIT * h)), 2, max_digits))
+    # as many pieces as whole narrowest digits fit (rounding up, a blob 0.9 h wide was also cut
+    # in three: 113 digit images a telegram, not 85, for 85.21 % of the validation telegrams'
+    # numbers right against 85.32 %; Danish val and ORAND val read the same)
+    most = int(np.clip(np.floor(w / (NARROWEST_DIGIT * h)), 2, max_digits))
     return list(range(1, most + 1))

@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 
-from tasks.segment import crop_cell, percentile_u8, segment_cell
+from tasks.segment import candidate_splits, crop_cell, percentile_u8, segment_cell
 
 PAD = 8
 H, W = 60 + 2 * PAD, 200 + 2 * PAD
@@ -64,6 +64,17 @@ def test_touching_pair_offers_a_split_hypothesis():
     assert len(whole) == 1 and len(pair) == 2
     widths = [seg.boxes[i][2] for i in pair]
     assert abs(widths[0] - widths[1]) < 10 and sum(widths) <= seg.boxes[whole[0]][2] + 2
+
+
+def test_a_blob_is_cut_into_no_more_pieces_than_whole_narrow_digits_fit():
+    # NARROWEST_DIGIT is 0.4 of the height: a blob as wide as tall holds two such digits, not three
+    assert candidate_splits(80, 100, 100, 3, False) == [1]
+    assert candidate_splits(100, 100, 100, 3, False) == [1, 2]
+    assert candidate_splits(115, 100, 100, 3, False) == [1, 2]
+    assert candidate_splits(125, 100, 100, 3, False) == [1, 2, 3]
+    assert candidate_splits(300, 100, 100, 3, False) == [1, 2, 3]  # never more than the cell holds
+    assert candidate_splits(300, 100, 100, 3, True) == [1]  # a printed sub-box holds one digit
+    assert candidate_splits(300, 50, 100, 3, False) == [1]  # a short mark beside taller digits
 
 
 def test_narrow_digit_has_no_split_hypothesis():
