@@ -37,7 +37,10 @@ class Alignment:
 def ink_mask(gray: np.ndarray) -> np.ndarray:
     """Binary ink (255) from a grey scan, robust to uneven light (local mean threshold)."""
     h, w = gray.shape
-    coarse = cv2.resize(gray, (max(1, w // 16), max(1, h // 16)), interpolation=cv2.INTER_AREA)
+    cw, ch = max(1, w // 16), max(1, h // 16)
+    # a whole 16:1 reduction of the part that divides by 16 (the last < 16 rows and columns are
+    # left out of the paper level): OpenCV's integer-ratio path, 5x faster than the fractional
+    coarse = cv2.resize(gray[: ch * 16, : cw * 16], (cw, ch), interpolation=cv2.INTER_AREA)
     coarse = cv2.dilate(coarse, np.ones((3, 3), np.uint8))  # paper level, ignoring thin ink
     blur = cv2.resize(cv2.GaussianBlur(coarse, (0, 0), 2), (w, h), interpolation=cv2.INTER_LINEAR)
     # ink is clearly darker than its neighbourhood: gray < blur - 40 (saturating at 0, where
@@ -49,11 +52,14 @@ def _angle_scorer(mask: np.ndarray, max_points: int) -> Callable[[float], float]
     """Score of an angle: the sum of squares of the ink's projection onto rows turned by it
     (rows of ink line up, the profile peaks), from a random sample of at most `max_points` ink
     pixels; None when there is too little ink to tell."""
-    points = cv2.findNonZero(mask)  # row-major as np.nonzero, several times faster
+    # every k-th column, so that about max_points remain to sample from: a rule of ink keeps
+    # its every row, and listing the ink costs k times less
+    k = max(1, cv2.countNonZero(mask) // max_points)
+    points = cv2.findNonZero(np.ascontiguousarray(mask[:, ::k]) if k > 1 else mask)
     if points is None or len(points) < 100:
         return None
     points = points.reshape(-1, 2)
-    xs, ys = points[:, 0], points[:, 1]
+    xs, ys = points[:, 0] * k, points[:, 1]
     if len(xs) > max_points:
         idx = np.random.default_rng(0).choice(len(xs), max_points, replace=False)
         ys, xs = ys[idx], xs[idx]
