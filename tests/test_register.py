@@ -5,7 +5,17 @@ import cv2
 import numpy as np
 import pytest
 
-from tasks.register import _climb, estimate_skew, register, register_upright
+from tasks.register import (
+    MATCH_TOL,
+    _climb,
+    _line_fit,
+    _nearest_distance,
+    estimate_skew,
+    fit_axis,
+    register,
+    register_upright,
+    vote,
+)
 from tasks.render import printed_form
 from tasks.scan_effects import apply_matrix
 
@@ -124,3 +134,36 @@ def test_registration_error_measures_cells_against_the_true_placement(shared_dat
     monkeypatch.setattr(re_mod, "render_scan", lambda t, p, seed, i: (*real(t, p, seed, i)[:3],
                                                                       real(t, p, seed + 1, i)[3]))
     assert registration_error(count=3, seed=777, digits="usps:train")["mean_worst_px"] > 5
+
+
+def _best_proposal(template_pos: np.ndarray, found: np.ndarray, scales: np.ndarray) -> tuple[float, float]:
+    """The vote by brute force: every proposal of every scale scored, the most template rules
+    within tolerance winning, then the least mean distance, then the first."""
+    tol = MATCH_TOL * 1.5
+    ordered = np.sort(found)
+    best = (-1, 0.0, 1.0, 0.0)
+    for s in scales:
+        for o in sorted({float(v) for v in np.round(ordered[None, :] - s * template_pos[:, None]).ravel()}):
+            near = _nearest_distance(ordered, s * template_pos + o)
+            hits = near <= tol
+            count, err = int(hits.sum()), float(near[hits].sum() / max(int(hits.sum()), 1))
+            if (count, -err) > (best[0], -best[1]):
+                best = (count, err, float(s), o)
+    return best[2], best[3]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_vote_picks_what_scoring_every_proposal_picks(seed):
+    rng = np.random.default_rng(seed)
+    template = np.sort(rng.choice(np.arange(20, 1200, 13.0), 30, replace=False))
+    scale, offset = rng.uniform(0.95, 1.05), rng.uniform(-40, 40)
+    kept = template[rng.random(len(template)) < 0.8]  # some rules are not found
+    found = np.concatenate([scale * kept + offset + rng.normal(0, 0.7, len(kept)),
+                            rng.uniform(0, 1300, 6)])  # and some ink is not a rule
+    scales = np.arange(0.94, 1.0601, 0.004)
+    assert vote(template, found, scales) == _best_proposal(template, found, scales)
+    s, b, inliers, rms = fit_axis(template, found, scales)
+    assert abs(s - scale) < 0.002 and abs(b - offset) < 1.5
+    assert inliers >= len(kept) - 1 and rms < 1.5
+    # the least-squares refit is NumPy's
+    assert _line_fit(kept, 2 * kept + 3) == pytest.approx((2.0, 3.0), abs=1e-9)
