@@ -147,9 +147,10 @@ def _prepare_in_workers(refs: list[ObjectRef], fetch, workers: int, threads: int
 
     def fetch_and_submit(ref: ObjectRef):
         outcome, got, digest, t_fetch = fetch(ref)
-        job = (got, ref.uri, digest) if outcome == "read" else None
-        future = worker_pool.submit(pool, job, template_name, opt) if job is not None else None
-        return outcome, got, t_fetch, job, future
+        if outcome != "read":
+            return outcome, got, t_fetch, None
+        job = (got, ref.uri, digest)  # the bytes are held by the job alone, until its pages are back
+        return outcome, None, t_fetch, (job, worker_pool.submit(pool, job, template_name, opt))
 
     with _submitting:  # a chunk's scans queue behind the previous chunk's, not among them
         if threads > 1:
@@ -157,11 +158,13 @@ def _prepare_in_workers(refs: list[ObjectRef], fetch, workers: int, threads: int
                 fetched = list(fetchers.map(fetch_and_submit, refs))
         else:
             fetched = [fetch_and_submit(ref) for ref in refs]
-    sent = [(job, future) for *_, job, future in fetched if job is not None]
-    pages = iter(worker_pool.collect(pool, [j for j, _ in sent], [f for _, f in sent], template_name, opt))
+    jobs = [sent[0] for *_, sent in fetched if sent is not None]
+    futures = [sent[1] for *_, sent in fetched if sent is not None]
+    fetched = [(outcome, got, t_fetch, sent is not None) for outcome, got, t_fetch, sent in fetched]
+    pages = iter(worker_pool.collect(pool, jobs, futures, template_name, opt))
     out = []
-    for outcome, got, t_fetch, job, _ in fetched:
-        if job is not None:
+    for outcome, got, t_fetch, was_sent in fetched:
+        if was_sent:
             out.append(("read", next(pages), t_fetch))
         else:
             out.append(("read" if outcome == "done" else outcome, got or [], t_fetch))

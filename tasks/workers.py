@@ -139,17 +139,21 @@ def submit(pool: ProcessPoolExecutor, job: Job, template_name: str, opt: ReadOpt
     return pool.submit(fn, data, uri, digest, template_name, opt)
 
 
-def collect(pool: ProcessPoolExecutor, jobs: Sequence[Job], futures: Sequence[Future],
+def collect(pool: ProcessPoolExecutor, jobs: list[Job | None], futures: Sequence[Future],
             template_name: str, opt: ReadOptions, fn: Callable = _prepare_job
             ) -> list[list[PreparedScan]]:
     """The pages of each job, in order. Jobs lost to a dead worker are prepared again, one at a
     time in a private pool; a job that kills that worker too is recorded as unreadable.
-    Exceptions of `prepare_pages` itself (a bug, not bad input) propagate."""
+    Exceptions of `prepare_pages` itself (a bug, not bad input) propagate.
+
+    A job is dropped from `jobs` once its pages are back: a chunk's file bytes (0.6 MB a
+    scan) are then not all held until its last scan is prepared."""
     out: list[list[PreparedScan] | None] = []
     lost = []
     for i, f in enumerate(futures):
         try:
             out.append(f.result())
+            jobs[i] = None
         except BrokenProcessPool:
             out.append(None)
             lost.append(i)
@@ -159,12 +163,14 @@ def collect(pool: ProcessPoolExecutor, jobs: Sequence[Job], futures: Sequence[Fu
         try:
             for i in lost:
                 solo = solo or new_pool(1)
+                job = jobs[i]
+                assert job is not None  # lost jobs are kept
                 try:
-                    out[i] = submit(solo, jobs[i], template_name, opt, fn).result()
+                    out[i] = submit(solo, job, template_name, opt, fn).result()
                 except BrokenProcessPool:
                     solo.shutdown(wait=False, cancel_futures=True)
                     solo = None
-                    _, uri, digest = jobs[i]
+                    _, uri, digest = job
                     out[i] = [PreparedScan(uri, digest, "unreadable",
                                            CRASHED.format("killed or crashed while reading it"))]
         finally:

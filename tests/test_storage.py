@@ -48,3 +48,27 @@ def test_dataset_shards_are_npz_files_that_np_load_reads_back_exactly():
         assert zf.testzip() is None  # CRCs check out
         assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in zf.infolist())
     assert len(payload) < x.nbytes / 1.5  # compressed, not stored
+
+
+def test_the_numbers_shard_holds_each_labelled_crop_cut_or_padded_with_paper():
+    import io
+
+    import numpy as np
+
+    from tasks.compose import CellReading
+    from tasks.exports import NUMBER_SHAPE, collect, shard_payloads
+    from tasks.read import ScanReading
+
+    small = np.full((40, 100), 7, np.uint8)
+    big = np.arange(120 * 300, dtype=np.uint32).reshape(120, 300).astype(np.uint8)
+    cells = {"a": CellReading(12, "12", 1.0, "ok"), "b": CellReading(3, "3", 1.0, "ok"),
+             "c": CellReading(None, "", 1.0, "empty")}
+    reading = ScanReading("file:///s/2100100001X.jpg", "h1", "ok", None, 1.0, [], cells,
+                          crops={"a": small, "b": big, "c": small})
+    shards = collect([reading], {"file:///s/2100100001X.jpg": {"a": 12, "b": 3, "c": 0}})
+    with np.load(io.BytesIO(shard_payloads(shards)["numbers"])) as d:
+        x, y = d["x"], d["y"]
+    assert x.shape == (2, *NUMBER_SHAPE) and list(y) == [12, 3]  # the empty cell is left out
+    assert (x[0, :40, :100] == 7).all() and (x[0, 40:] == 255).all() and (x[0, :, 100:] == 255).all()
+    assert np.array_equal(x[1], big[: NUMBER_SHAPE[0], : NUMBER_SHAPE[1]])
+    assert small.shape == (40, 100) and (small == 7).all()  # the reading's crops are untouched

@@ -53,8 +53,10 @@ def test_worker_processes_prepare_exactly_as_this_process(reference_scan, templa
     here = [prepare_pages(d, uri, digest, template, opt) for d, uri, digest in jobs]
     pool = workers.get_pool(2)
     futures = [workers.submit(pool, job, TEMPLATE, opt) for job in jobs]
-    there = workers.collect(pool, jobs, futures, TEMPLATE, opt)
+    held = list(jobs)
+    there = workers.collect(pool, held, futures, TEMPLATE, opt)
     assert [_summary(p) for p in there] == [_summary(p) for p in here]
+    assert held == [None] * len(jobs)  # each file's bytes are let go once its pages are back
     statuses = [p[0].status for p in there]
     assert statuses == ["ok", "ok", "unaligned", "unreadable", "unreadable"]
     assert workers.get_pool(2) is pool  # reused, not restarted per chunk
@@ -69,7 +71,7 @@ def test_a_scan_that_kills_its_worker_gets_a_reason_and_the_others_are_read(refe
     jobs = [jobs[0], poison, *jobs[1:]]
     pool = workers.get_pool(2)
     futures = [workers.submit(pool, job, TEMPLATE, opt, _kill_on_poison) for job in jobs]
-    got = workers.collect(pool, jobs, futures, TEMPLATE, opt, _kill_on_poison)
+    got = workers.collect(pool, list(jobs), futures, TEMPLATE, opt, _kill_on_poison)
     assert [p[0].uri for p in got] == [uri for _, uri, _ in jobs]
     assert [p[0].status for p in got] == ["ok", "unreadable", "ok", "unaligned"]
     assert got[1][0].reason.startswith("the reader's worker process died on this scan")
