@@ -162,12 +162,34 @@ def _keep(gray: np.ndarray, ink: np.ndarray) -> np.ndarray:
     return out
 
 
+RULE_BAND = 3  # px either side of a vertical ruling line's column
+
+
+def drop_rule_fragments(ink: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    """Ink without the marks that lie wholly in the columns of a vertical ruling line: pieces
+    of the line where it breaks, bends or fades, too short to be found as a line. Thin and
+    upright, such a piece was taken for the number and read as a "1"."""
+    h = ink.shape[0]
+    vertical = cv2.morphologyEx(lines, cv2.MORPH_OPEN, np.ones((max(3, int(0.4 * h)), 1), np.uint8))
+    near = cv2.dilate(vertical.any(axis=0).astype(np.uint8)[None, :],
+                      np.ones((1, 2 * RULE_BAND + 1), np.uint8)).ravel() > 0
+    if not near.any():
+        return ink
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+    drop = np.zeros(n, bool)
+    for i in range(1, n):
+        x, _, w, _, _ = stats[i]
+        drop[i] = bool(near[x : x + w].all())
+    return ink & ~(drop[labels].astype(np.uint8) * 255) if drop.any() else ink
+
+
 def writing_versions(gray: np.ndarray, without_underlines: bool = False) -> list[np.ndarray]:
-    """The handwritten number alone: local-contrast ink minus long ruling lines, then `_keep`.
-    With `without_underlines`, also the same without the strokes `strip_underlines` finds,
-    when it finds any (one version otherwise)."""
+    """The handwritten number alone: local-contrast ink minus long ruling lines and their
+    fragments, then `_keep`. With `without_underlines`, also the same without the strokes
+    `strip_underlines` finds, when it finds any (one version otherwise)."""
     ink, lines = _ink_and_lines(gray)
     ink &= ~cv2.dilate(lines, np.ones((3, 3), np.uint8))
+    ink = drop_rule_fragments(ink, lines)
     versions = [_keep(gray, ink)]
     if without_underlines:
         stripped = strip_underlines(ink)

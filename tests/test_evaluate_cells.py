@@ -84,6 +84,18 @@ def test_a_broken_ruling_line_is_not_taken_for_the_writing():
     assert out[85:112, 45:75].min() < 60  # the digit is kept
 
 
+def test_a_short_piece_of_a_ruling_line_where_it_bends_is_not_taken_for_the_writing():
+    # a register row: small writing near the top, the column's rule down the right side,
+    # its lowest piece shifted 2 px (too short to be found as a line on its own)
+    cell = np.full((240, 145), 230, np.uint8)
+    cv2.line(cell, (130, 0), (130, 175), 40, 2)
+    cv2.line(cell, (132, 180), (132, 214), 40, 2)
+    cv2.putText(cell, "66", (60, 80), cv2.FONT_HERSHEY_SIMPLEX, 0.6, 20, 2)
+    out = keep_writing(cell)
+    assert out[:, 120:].min() > 200  # no piece of the rule
+    assert out[60:82, 55:95].min() < 60  # the number
+
+
 @pytest.mark.slow
 def test_evaluate_cells_on_mnist_digits_drawn_as_cells(use_registry, mnist_sample, tmp_path):
     x, y = mnist_sample
