@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 
-from tasks.segment import candidate_splits, crop_cell, percentile_u8, segment_cell
+from tasks.segment import candidate_splits, crop_cell, one_stroke, percentile_u8, segment_cell
 
 PAD = 8
 H, W = 60 + 2 * PAD, 200 + 2 * PAD
@@ -52,6 +52,18 @@ def test_dash_is_recognised():
     img = with_rules(blank())
     cv2.line(img, (80, 40), (130, 42), 0, 4)
     assert segment_cell(img, PAD, 3).kind == "dash"
+
+
+def test_a_dash_is_one_stroke_even_with_pinholes_and_a_hooked_end():
+    dash = np.zeros((12, 60), np.uint8)
+    cv2.line(dash, (2, 6), (57, 5), 1, 4)
+    dash[6, 10:50:6] = 0  # pinholes of a dry pen
+    cv2.line(dash, (57, 5), (53, 10), 1, 2)  # a hook
+    assert one_stroke(dash)
+    loops = np.zeros((24, 60), np.uint8)
+    cv2.putText(loops, "58", (2, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.7, 1, 2)
+    cv2.line(loops, (0, 22), (36, 22), 1, 2)  # joined to its underline: flat, but loops
+    assert not one_stroke(loops)
 
 
 def test_touching_pair_offers_a_split_hypothesis():
