@@ -137,6 +137,9 @@ def _apart(line: list[int], main: int, stats: np.ndarray) -> list[int]:
     return rest
 
 
+THIN = 0.15  # width / height of an upright line rather than a written mark
+
+
 def _keep(gray: np.ndarray, ink: np.ndarray) -> np.ndarray:
     """The grey writing of the ink's marks on the main line of writing (not underlines apart,
     flourishes, printed text, stains), stretched so the darkest stroke is black."""
@@ -147,7 +150,11 @@ def _keep(gray: np.ndarray, ink: np.ndarray) -> np.ndarray:
     out = np.full_like(gray, 255)
     if not parts:
         return out
-    main = max(parts, key=lambda i: stats[i][4] * min(stats[i][3], 0.5 * h))
+    # the number's main mark: the biggest, but not a thin upright line (a piece of a rule or
+    # of the page's edge) when the crop holds anything else, which a number written as "1" or
+    # "11" never needs: its line of writing keeps the thin marks beside the main one
+    shaped = [i for i in parts if stats[i][2] > THIN * stats[i][3]] or parts
+    main = max(shaped, key=lambda i: stats[i][4] * min(stats[i][3], 0.5 * h))
     y0, y1 = stats[main][1], stats[main][1] + stats[main][3]
     line = [i for i in parts
             if min(y1, stats[i][1] + stats[i][3]) - max(y0, stats[i][1]) >= 0.4 * min(stats[i][3], y1 - y0)]

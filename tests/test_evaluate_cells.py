@@ -96,6 +96,18 @@ def test_a_short_piece_of_a_ruling_line_where_it_bends_is_not_taken_for_the_writ
     assert out[60:82, 55:95].min() < 60  # the number
 
 
+def test_a_thin_upright_line_is_not_the_main_mark_when_the_crop_holds_writing():
+    # "17" in small writing, and lower down a longer straight stroke (a piece of the page's
+    # edge): bigger than the 7, yet the number is the 7 and the thin 1 on its line
+    cell = np.full((240, 145), 230, np.uint8)
+    cv2.putText(cell, "7", (75, 80), cv2.FONT_HERSHEY_SIMPLEX, 0.6, 20, 2)
+    cv2.line(cell, (64, 66), (64, 80), 20, 2)
+    cv2.line(cell, (40, 180), (40, 216), 40, 3)
+    out = keep_writing(cell)
+    assert out[60:84, 72:95].min() < 60 and out[64:82, 62:67].min() < 60  # the 7 and the 1
+    assert out[170:230, 30:50].min() > 200  # not the stroke
+
+
 @pytest.mark.slow
 def test_evaluate_cells_on_mnist_digits_drawn_as_cells(use_registry, mnist_sample, tmp_path):
     x, y = mnist_sample
