@@ -264,8 +264,8 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
             idx = []
             for piece in pieces:
                 x0, y0, pw, ph = cv2.boundingRect(piece.view(np.uint8))  # of its ink
-                if pw == 0:
-                    continue
+                if pw == 0 or (parts > 1 and ph < FLAT_PIECE * bh and pw > 1.5 * ph):
+                    continue  # nothing, or a flat end of a cut: a tail or a joining stroke
                 x1, y1 = x0 + pw, y0 + ph
                 region = levels[cell[by + y0 : by + y1, bx + x0 : bx + x1]] * piece[y0:y1, x0:x1]
                 idx.append(len(seg.digits))
@@ -280,6 +280,10 @@ def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list
     return seg
 
 
+# a piece of a cut blob flatter than this share of the blob's height (and wider than tall) is
+# a tail or a joining stroke, not a digit. Danish val: the tail of an "18" made every split of
+# it too wide to win
+FLAT_PIECE = 0.3
 # share of a mark's columns that may cross its ink more than once for it to be one stroke
 # (a dash's hooked end) rather than loops (a small number joined to its underline, flat in a
 # tall crop). Danish val: 1.5 % of the rows were such numbers read as a dash

@@ -89,6 +89,20 @@ def test_a_blob_is_cut_into_no_more_pieces_than_whole_narrow_digits_fit():
     assert candidate_splits(300, 50, 100, 3, False) == [1]  # a short mark beside taller digits
 
 
+def test_a_flat_tail_cut_off_a_blob_is_no_digit_of_its_split():
+    img = blank()
+    one(img, 88, 20)
+    zero(img, 112, 38)
+    cv2.line(img, (95, 38), (101, 38), 0, 4)  # the 1 joined to the 0
+    cv2.line(img, (123, 50), (150, 50), 0, 4)  # and a long tail after it, low and flat
+    seg = segment_cell(img, PAD, 3)
+    assert len(seg.groups) == 1 and len(seg.groups[0]) >= 2
+    whole = seg.boxes[seg.groups[0][0][0]]
+    for hypothesis in seg.groups[0][1:]:
+        for i in hypothesis:  # every digit of every split is a digit's height, not a stroke's
+            assert seg.boxes[i][3] >= 0.3 * whole[3]
+
+
 def test_narrow_digit_has_no_split_hypothesis():
     img = blank()
     one(img, 100, 20)
