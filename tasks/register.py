@@ -301,7 +301,14 @@ def register(gray: np.ndarray, template: Template) -> Alignment:
     straight, _ = _rotate(mask, angle)
     rules = open_rows(straight, int(tw * WORK_SCALE * 0.2))
     angle += estimate_skew(rules, -0.3, 0.3, (0.06, 0.02), max_points=10000)
-    straight, rot = _rotate(mask, angle)
+    # The rules are found in this frame, and the map takes the refined angle: what is left of
+    # the lean (under 0.1 degree) moves a rule's centre by a fraction of a pixel, while turning
+    # the mask a second time (nearest pixel) cost 0.8 ms and placed the cells worse
+    # (`cifras registration-error --count 300`, seeds 777 and 778: mean worst-cell error 1.09
+    # px against 1.26). Validation telegrams: 84.97 % of numbers right (85.21 %), ok cells
+    # 99.69 % right (99.62 %).
+    h, w = mask.shape
+    rot = cv2.getRotationMatrix2D((w / 2, h / 2), -angle, 1.0)
     horiz = find_rules(straight, 0, int(tw * WORK_SCALE * 0.35))
     vert = find_rules(straight, 1, int(reg.table_box[3] * WORK_SCALE * 0.35))
     scales = np.arange(0.94, 1.0601, 0.004)
