@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from tasks.morphology import open_rows
+from tasks.morphology import open_columns, open_rows
 from tasks.template import Box
 
 MIN_CONTRAST = 60  # grey levels between paper and the darkest ink for a cell to hold ink
@@ -89,8 +89,7 @@ def remove_rules(binary: np.ndarray, pad: int, subbox_edges: list[int]) -> np.nd
     joined_h = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, np.ones((1, 7), np.uint8))
     lines = open_rows(joined_h, max(3, int(0.45 * (w - 2 * pad))))
     joined_v = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, np.ones((7, 1), np.uint8))
-    lines |= cv2.morphologyEx(joined_v, cv2.MORPH_OPEN, cv2.getStructuringElement(
-        cv2.MORPH_RECT, (1, max(3, int(0.85 * (h - 2 * pad))))))
+    lines |= open_columns(joined_v, max(3, int(0.85 * (h - 2 * pad))))
     if subbox_edges:
         closed = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, np.ones((9, 1), np.uint8))
         dotted = cv2.morphologyEx(closed, cv2.MORPH_OPEN, cv2.getStructuringElement(

@@ -251,6 +251,20 @@ def test_row_opening_is_opencvs_opening():
         assert np.array_equal(open_rows(img, length), cv2.morphologyEx(img, cv2.MORPH_OPEN, kernel))
 
 
+def test_column_opening_is_opencvs_opening():
+    from tasks.morphology import open_columns
+
+    rng = np.random.default_rng(4)
+    for k in range(1500):
+        h, w = int(rng.integers(1, 120)), int(rng.integers(1, 300))
+        img = ((rng.random((h, w)) < rng.uniform(0.02, 0.9)) * 255).astype(np.uint8)
+        if k % 4 == 0:
+            img[int(rng.integers(0, h)):, int(rng.integers(0, w))] = 255  # a rule to the edge
+        length = int(rng.integers(1, max(2, 2 * h)))
+        kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (1, length))
+        assert np.array_equal(open_columns(img, length), cv2.morphologyEx(img, cv2.MORPH_OPEN, kernel))
+
+
 def test_a_cell_given_in_float_is_segmented_as_its_8_bit_grey():
     img = with_rules(blank())
     one(img, 60, 20)
