@@ -40,16 +40,17 @@ def clean_margins(gray: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ink_and_lines(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Local-contrast ink, and the long horizontal and vertical runs in it (ruling lines)."""
+def _ink_and_lines(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Local-contrast ink, the long horizontal and vertical runs in it (ruling lines), and the
+    vertical ones alone."""
     h, w = gray.shape
     background = cv2.dilate(cv2.GaussianBlur(gray, (0, 0), 3), np.ones((9, 9), np.uint8))
     ink = ((background.astype(np.int16) - gray) > 40).astype(np.uint8) * 255
-    lines = cv2.morphologyEx(cv2.morphologyEx(ink, cv2.MORPH_CLOSE, np.ones((5, 1), np.uint8)),
-                             cv2.MORPH_OPEN, np.ones((max(3, int(0.4 * h)), 1), np.uint8))
-    lines |= cv2.morphologyEx(cv2.morphologyEx(ink, cv2.MORPH_CLOSE, np.ones((1, 5), np.uint8)),
-                              cv2.MORPH_OPEN, np.ones((1, max(3, int(0.3 * w))), np.uint8))
-    return ink, lines
+    vertical = cv2.morphologyEx(cv2.morphologyEx(ink, cv2.MORPH_CLOSE, np.ones((5, 1), np.uint8)),
+                                cv2.MORPH_OPEN, np.ones((max(3, int(0.4 * h)), 1), np.uint8))
+    lines = vertical | cv2.morphologyEx(cv2.morphologyEx(ink, cv2.MORPH_CLOSE, np.ones((1, 5), np.uint8)),
+                                        cv2.MORPH_OPEN, np.ones((1, max(3, int(0.3 * w))), np.uint8))
+    return ink, lines, vertical
 
 
 def writing_fills_crop(gray: np.ndarray, share: float = 0.3) -> bool:
@@ -59,7 +60,7 @@ def writing_fills_crop(gray: np.ndarray, share: float = 0.3) -> bool:
     h, w = gray.shape
     if w < h:
         return False
-    ink, lines = _ink_and_lines(gray)
+    ink, lines, _ = _ink_and_lines(gray)
     straight = cv2.morphologyEx(lines, cv2.MORPH_OPEN, np.ones((max(3, int(0.9 * h)), 1), np.uint8))
     straight |= cv2.morphologyEx(lines, cv2.MORPH_OPEN, np.ones((1, max(3, int(0.9 * w))), np.uint8))
     ink &= ~cv2.dilate(straight, np.ones((3, 3), np.uint8))
@@ -172,12 +173,10 @@ def _keep(gray: np.ndarray, ink: np.ndarray) -> np.ndarray:
 RULE_BAND = 3  # px either side of a vertical ruling line's column
 
 
-def drop_rule_fragments(ink: np.ndarray, lines: np.ndarray) -> np.ndarray:
+def drop_rule_fragments(ink: np.ndarray, vertical: np.ndarray) -> np.ndarray:
     """Ink without the marks that lie wholly in the columns of a vertical ruling line: pieces
     of the line where it breaks, bends or fades, too short to be found as a line. Thin and
     upright, such a piece was taken for the number and read as a "1"."""
-    h = ink.shape[0]
-    vertical = cv2.morphologyEx(lines, cv2.MORPH_OPEN, np.ones((max(3, int(0.4 * h)), 1), np.uint8))
     near = cv2.dilate(vertical.any(axis=0).astype(np.uint8)[None, :],
                       np.ones((1, 2 * RULE_BAND + 1), np.uint8)).ravel() > 0
     if not near.any():
@@ -194,9 +193,9 @@ def writing_versions(gray: np.ndarray, without_underlines: bool = False) -> list
     """The handwritten number alone: local-contrast ink minus long ruling lines and their
     fragments, then `_keep`. With `without_underlines`, also the same without the strokes
     `strip_underlines` finds, when it finds any (one version otherwise)."""
-    ink, lines = _ink_and_lines(gray)
+    ink, lines, vertical = _ink_and_lines(gray)
     ink &= ~cv2.dilate(lines, np.ones((3, 3), np.uint8))
-    ink = drop_rule_fragments(ink, lines)
+    ink = drop_rule_fragments(ink, vertical)
     versions = [_keep(gray, ink)]
     if without_underlines:
         stripped = strip_underlines(ink)

@@ -49,7 +49,6 @@ def open_rows(binary: np.ndarray, length: int) -> np.ndarray:
     return out
 
 
-
 def open_columns(binary: np.ndarray, length: int) -> np.ndarray:
     """`cv2.morphologyEx(binary, MORPH_OPEN, length x 1 rectangle)` for a 0/255 uint8 image."""
     out = np.zeros_like(binary)

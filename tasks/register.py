@@ -108,10 +108,15 @@ def estimate_skew(mask: np.ndarray, lo: float = -4.0, hi: float = 4.0,
     return 0.0 if score is None else _climb(score, lo, hi, steps)
 
 
-def _rotate(img: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+def _turn(shape: tuple[int, ...], angle: float) -> np.ndarray:
+    """The 2x3 map turning an image of `shape` by `angle` degrees about its centre."""
+    h, w = shape[:2]
+    return cv2.getRotationMatrix2D((w / 2, h / 2), -angle, 1.0)
+
+
+def _rotate(img: np.ndarray, angle: float) -> np.ndarray:
     h, w = img.shape
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), -angle, 1.0)
-    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0), m
+    return cv2.warpAffine(img, _turn(img.shape, angle), (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
 
 
 def opened_profile(mask: np.ndarray, length: int) -> np.ndarray:
@@ -298,7 +303,7 @@ def register(gray: np.ndarray, template: Template) -> Alignment:
     angle = estimate_skew(mask, max_points=10000)
     # refine on the long rules alone, which are straighter than the text around them: the
     # rules of the scan turned by `angle` lean by what is left, and turns about one centre add
-    straight, _ = _rotate(mask, angle)
+    straight = _rotate(mask, angle)
     rules = open_rows(straight, int(tw * WORK_SCALE * 0.2))
     angle += estimate_skew(rules, -0.3, 0.3, (0.06, 0.02), max_points=10000)
     # The rules are found in this frame, and the map takes the refined angle: what is left of
@@ -307,8 +312,7 @@ def register(gray: np.ndarray, template: Template) -> Alignment:
     # (`cifras registration-error --count 300`, seeds 777 and 778: mean worst-cell error 1.09
     # px against 1.26). Validation telegrams: 84.97 % of numbers right (85.21 %), ok cells
     # 99.69 % right (99.62 %).
-    h, w = mask.shape
-    rot = cv2.getRotationMatrix2D((w / 2, h / 2), -angle, 1.0)
+    rot = _turn(mask.shape, angle)
     horiz = find_rules(straight, 0, int(tw * WORK_SCALE * 0.35))
     vert = find_rules(straight, 1, int(reg.table_box[3] * WORK_SCALE * 0.35))
     scales = np.arange(0.94, 1.0601, 0.004)
