@@ -12,7 +12,7 @@ export CIFRAS_MNIST_PATH ?= $(SHARED_DATA)/mnist/mnist.npz
 endif
 endif
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean models
 
 venv: $(VENV)/.installed
 
@@ -34,3 +34,9 @@ lint: venv
 
 clean:
 	rm -rf .cifras .pytest_cache
+
+# The development model registry (v1-v6, champion v6) rebuilt from the shared handwriting:
+# about an hour. MODELS_DIR is where it goes.
+MODELS_DIR ?= .cifras/models
+models: venv
+	CIFRAS_DATA_DIR=$(abspath $(MODELS_DIR)) PATH=$(abspath $(BIN)):$$PATH bash deploy/rebuild-models.sh

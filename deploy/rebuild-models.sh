@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Rebuild the model registry from nothing (docs/models.md, "Reproduce"): v1-v6, champion v6.
+# About an hour on 2 cores. Development registries live outside the repository and are lost
+# with their machine; this makes every figure of docs/models.md reproducible from the
+# handwriting in $CIFRAS_SHARED_DATA alone. Usage:
+#   CIFRAS_DATA_DIR=/path/to/registry deploy/rebuild-models.sh      (or: make models)
+set -euo pipefail
+: "${CIFRAS_DATA_DIR:?set CIFRAS_DATA_DIR to the data directory of the registry}"
+export CIFRAS_SHARED_DATA=${CIFRAS_SHARED_DATA:-../shared/data}
+export CIFRAS_MNIST_PATH=${CIFRAS_MNIST_PATH:-$CIFRAS_SHARED_DATA/mnist/mnist.npz}
+D=$CIFRAS_SHARED_DATA
+cifras train
+cifras train --epochs 30 --augment telegram --no-promote
+cifras build-validation
+for spec in "910 usps:train" "911 optdigits:tra" "912 orand:train"; do set -- $spec
+  cifras generate --count 300 --seed $1 --digits $2 --out $CIFRAS_DATA_DIR/scans/ft-$1; done
+cifras ingest
+harvest() {
+  cifras harvest-cells --images $D/danish_rowid_train --labels $D/danish_rowid_train/labels.csv \
+    --out file://$CIFRAS_DATA_DIR/danish-$1
+  cifras harvest-cells --images $D/orand_car_a --labels $D/orand_car_a/labels.csv --split train \
+    --out file://$CIFRAS_DATA_DIR/orand-$1
+}
+harvest a
+cifras fine-tune file://$CIFRAS_DATA_DIR/exports/datasets file://$CIFRAS_DATA_DIR/danish-a \
+  file://$CIFRAS_DATA_DIR/orand-a --model models:/digit-cnn/2 --epochs 4 --no-promote
+cifras promote models:/digit-cnn/3
+for spec in "913 usps:train" "914 optdigits:tra"; do set -- $spec
+  cifras generate --count 300 --seed $1 --digits $2 --out $CIFRAS_DATA_DIR/scans/ft-$1; done
+cifras ingest
+for tag in b c d; do
+  harvest $tag
+  cifras fine-tune file://$CIFRAS_DATA_DIR/exports/datasets file://$CIFRAS_DATA_DIR/danish-$tag \
+    file://$CIFRAS_DATA_DIR/orand-$tag --epochs 2
+done
+cifras calibrate
