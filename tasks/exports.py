@@ -93,9 +93,16 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for name, value in arrays.items():
+            array = np.ascontiguousarray(value)
+            if array.dtype.hasobject:
+                raise ValueError(f"{name}: object arrays are not stored (they would need pickle)")
             with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
                 _fast_deflate(fh)
-                np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
+                # the .npy bytes `np.lib.format.write_array` writes, but the data in one write
+                # from the array's own buffer: write_array copies a file-like target's data in
+                # 16 MB pieces first, a third of a shard's time
+                np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(array))
+                fh.write(array.reshape(-1).view(np.uint8).data)
     return buf.getvalue()
 
 

@@ -50,6 +50,31 @@ def test_dataset_shards_are_npz_files_that_np_load_reads_back_exactly():
     assert len(payload) < x.nbytes / 1.5  # compressed, not stored
 
 
+def test_a_shard_member_is_byte_for_byte_what_np_save_writes():
+    """The shard's .npy members are written from the array's buffer, not by
+    `np.lib.format.write_array`: the bytes must still be the ones `np.save` gives, for a
+    strided view, strings, booleans and an empty array alike; object arrays are refused."""
+    import io
+    import zipfile
+
+    import numpy as np
+    import pytest
+
+    from tasks.exports import npz_bytes
+
+    rng = np.random.default_rng(1)
+    arrays = {"x": rng.integers(0, 256, (7, 96, 256), dtype=np.uint8)[:, ::2, 1::3],
+              "cell": np.array(["diputados/501", "x"]), "flag": np.array([True, False]),
+              "none": np.zeros((0, 28, 28), np.uint8), "f": rng.random((3, 4)).T}
+    with zipfile.ZipFile(io.BytesIO(npz_bytes(**arrays))) as zf:
+        for name, value in arrays.items():
+            expected = io.BytesIO()
+            np.save(expected, np.ascontiguousarray(value), allow_pickle=False)
+            assert zf.read(f"{name}.npy") == expected.getvalue(), name
+    with pytest.raises(ValueError, match="object"):
+        npz_bytes(o=np.array([{"a": 1}], dtype=object))
+
+
 def test_the_numbers_shard_holds_each_labelled_crop_cut_or_padded_with_paper():
     import io
 
