@@ -322,13 +322,16 @@ def fine_tune_cmd(
     learning_rate: float = typer.Option(None, help="Adam learning rate (default from conf)."),
     mnist_ratio: float = typer.Option(None, help="MNIST digits mixed in per weak digit."),
     promote: bool = typer.Option(True, help="--no-promote registers a challenger only."),
+    pair_share: float = typer.Option(None, help="Squeezed pairs of weak digits, trained towards "
+                                     "'no one digit', per weak digit (default from conf: 0)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Fine-tune the champion on weakly labelled digits; promote only by the promotion rule."""
     from flows.fine_tune import fine_tune_flow
 
     _run(lambda: fine_tune_flow(shards, model=model, epochs=epochs, learning_rate=learning_rate,
-                                mnist_ratio=mnist_ratio, promote=promote), as_json)
+                                mnist_ratio=mnist_ratio, promote=promote,
+                                pair_share=pair_share), as_json)
 
 
 @app.command("harvest-cells")

@@ -13,7 +13,7 @@ from prefect import flow, task
 from tasks import tracking
 from tasks.cell_reader import read_label_file
 from tasks.errors import CifrasError
-from tasks.fine_tuning import fine_tune, training_mix
+from tasks.fine_tuning import fine_tune, squeezed_pairs, training_mix, with_pairs
 from tasks.model_tasks import (
     architecture_params,
     judge_and_register,
@@ -53,7 +53,7 @@ def fine_tune_task(base, x, y, settings: Settings, client, run_id: str, epochs: 
 @flow(name="fine-tune", log_prints=True)
 def fine_tune_flow(shards: list[str], model: str | None = None, epochs: int | None = None,
                    learning_rate: float | None = None, mnist_ratio: float | None = None,
-                   promote: bool = True) -> dict:
+                   promote: bool = True, pair_share: float | None = None) -> dict:
     """Fine-tune `model` (default: the champion) on the digit shards at `shards` (ingest runs'
     exports/datasets/<run>/digits, or `cifras harvest-cells` output). Digits from the
     validation telegrams are dropped by scan hash, so the judge never sees its own lessons."""
@@ -61,6 +61,7 @@ def fine_tune_flow(shards: list[str], model: str | None = None, epochs: int | No
     ft = settings.fine_tune
     epochs, learning_rate = epochs or ft.epochs, learning_rate or ft.learning_rate
     mnist_ratio = ft.mnist_ratio if mnist_ratio is None else mnist_ratio
+    pair_share = ft.pair_share if pair_share is None else pair_share
     logger = run_logger()
     client = tracking.configure_mlflow(settings)
     ref, base = load_model_task(client, model or settings.evaluate.model_uri)
@@ -74,6 +75,9 @@ def fine_tune_flow(shards: list[str], model: str | None = None, epochs: int | No
                 "telegrams dropped)", ref.label, len(kept), len(files), len(weak) - len(kept))
     mnist = load_mnist_task(settings)
     x, y = training_mix(kept.x, kept.y, mnist.train.x, mnist.train.y, mnist_ratio, ft.seed)
+    pairs = squeezed_pairs(kept.x, round(pair_share * len(kept)), ft.seed)
+    if len(pairs):
+        x, y = with_pairs(x, y, pairs, ft.seed)
     experiment = tracking.ensure_experiment(client, settings, ft.experiment)
     started = time.perf_counter()
     with tracking.tracked_run(client, experiment, f"fine-tune-{ref.label}",
@@ -81,6 +85,7 @@ def fine_tune_flow(shards: list[str], model: str | None = None, epochs: int | No
         tracking.log_params(client, run_id, {
             **architecture_params(), "base_model": ref.label, "epochs": epochs,
             "learning_rate": learning_rate, "mnist_ratio": mnist_ratio, "seed": ft.seed,
+            "pair_share": pair_share, "squeezed_pairs": len(pairs),
             "batch_size": ft.batch_size, "shards": ", ".join(shards), "shard_files": len(files),
             "weak_digits": len(kept), "dropped_validation_digits": len(weak) - len(kept),
             "train_samples": len(y), "mnist_source": mnist.source,

@@ -145,6 +145,8 @@ class FineTuneSettings(_Section):
     learning_rate: float = Field(default=1e-4, gt=0)
     # MNIST training digits mixed in per weakly labelled digit, against forgetting.
     mnist_ratio: float = Field(default=1.0, ge=0)
+    # squeezed pairs of weak digits (target: uniform) per weak digit; 0: none
+    pair_share: float = Field(default=0.0, ge=0, le=1)
     seed: int = 1
     experiment: str = "digit-finetune"
 

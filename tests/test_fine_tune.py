@@ -72,6 +72,58 @@ def test_training_mix_and_fine_tune_keep_the_architecture_and_the_base():
     assert len(history["loss"]) == 1
 
 
+def _digit(value: int) -> np.ndarray:
+    """A crude upright stroke digit, 28x28 uint8 with ink 255: 1 a bar, 0 a ring."""
+    import cv2
+
+    img = np.zeros((28, 28), np.uint8)
+    if value == 1:
+        img[4:24, 12:15] = 255
+    else:
+        cv2.ellipse(img, (14, 14), (8, 10), 0, 0, 360, 255, 2)
+    return img
+
+
+def test_a_squeezed_pair_holds_both_digits_side_by_side_in_one_digit_frame():
+    from tasks.fine_tuning import squeezed_pairs
+
+    x = np.stack([_digit(1), _digit(0), _digit(0)])  # two rings side by side: 1.6x as wide as tall
+    pairs = squeezed_pairs(x, 20, seed=3)
+    assert pairs.shape == (20, 28, 28) and pairs.dtype == np.uint8
+    for p in pairs:
+        cols = np.flatnonzero(p.max(axis=0) > 64)
+        rows = np.flatnonzero(p.max(axis=1) > 64)
+        height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+        assert max(height, width) >= 19  # framed as MNIST frames a digit: 20 px
+        assert width <= 1.25 * height  # squeezed into one digit's width, not two side by side
+        # two marks, one on each side of the middle of the ink
+        left, right = p[:, cols[0] : cols[0] + width // 2], p[:, cols[0] + width // 2 : cols[-1] + 1]
+        assert (left > 64).sum() > 15 and (right > 64).sum() > 15
+    assert np.array_equal(pairs, squeezed_pairs(x, 20, seed=3))  # the seed decides
+    assert len(squeezed_pairs(x[:1], 5, seed=3)) == 0  # one digit makes no pair
+
+
+def test_pairs_train_towards_the_uniform_distribution_with_the_same_architecture():
+    from tasks.fine_tuning import fine_tune, squeezed_pairs, with_pairs
+    from tasks.model import EXPECTED_PARAMS, build_mnist_convnet
+
+    x = np.stack([_digit(1), _digit(0)] * 20)
+    y = np.array([1, 0] * 20)
+    pairs = squeezed_pairs(x, 10, seed=0)
+    xs, soft = with_pairs(x, y, pairs, seed=0)
+    assert xs.shape == (50, 28, 28) and soft.shape == (50, 10)
+    assert np.allclose(soft.sum(axis=1), 1.0)
+    # each digit keeps its own one-hot target, each pair gets 0.1 everywhere
+    for img, target in zip(xs, soft, strict=True):
+        if any(np.array_equal(img, p) for p in pairs):
+            assert np.allclose(target, 0.1)
+        else:
+            assert target[1 if np.array_equal(img, _digit(1)) else 0] == 1.0
+    tuned, history = fine_tune(build_mnist_convnet(seed=0), xs, soft, epochs=1, batch_size=16,
+                               learning_rate=1e-3, seed=0)
+    assert tuned.count_params() == EXPECTED_PARAMS and len(history["loss"]) == 1
+
+
 @pytest.mark.slow
 def test_fine_tune_flow_judges_on_validation_and_promotes_only_by_the_rule(
     cifras_env: Path, mnist_npz: Path, prefect_server, monkeypatch
