@@ -9,13 +9,13 @@ set -euo pipefail
 export CIFRAS_SHARED_DATA=${CIFRAS_SHARED_DATA:-../shared/data}
 export CIFRAS_MNIST_PATH=${CIFRAS_MNIST_PATH:-$CIFRAS_SHARED_DATA/mnist/mnist.npz}
 D=$CIFRAS_SHARED_DATA
-cifras train
-cifras train --epochs 30 --augment telegram --no-promote
-cifras build-validation
+cifras train                                                   # v1, champion
+cifras train --epochs 30 --augment telegram --no-promote       # v2
+cifras build-validation                                        # 200 validation telegrams
 for spec in "910 usps:train" "911 optdigits:tra" "912 orand:train"; do set -- $spec
   cifras generate --count 300 --seed $1 --digits $2 --out $CIFRAS_DATA_DIR/scans/ft-$1; done
-cifras ingest
-harvest() {
+cifras ingest                                                  # exports the weakly labelled digits
+harvest() {  # Danish and ORAND train rows, weakly labelled by the champion
   cifras harvest-cells --images $D/danish_rowid_train --labels $D/danish_rowid_train/labels.csv \
     --out file://$CIFRAS_DATA_DIR/danish-$1
   cifras harvest-cells --images $D/orand_car_a --labels $D/orand_car_a/labels.csv --split train \
@@ -23,12 +23,12 @@ harvest() {
 }
 harvest a
 cifras fine-tune file://$CIFRAS_DATA_DIR/exports/datasets file://$CIFRAS_DATA_DIR/danish-a \
-  file://$CIFRAS_DATA_DIR/orand-a --model models:/digit-cnn/2 --epochs 4 --no-promote
+  file://$CIFRAS_DATA_DIR/orand-a --model models:/digit-cnn/2 --epochs 4 --no-promote   # v3
 cifras promote models:/digit-cnn/3
 for spec in "913 usps:train" "914 optdigits:tra"; do set -- $spec
   cifras generate --count 300 --seed $1 --digits $2 --out $CIFRAS_DATA_DIR/scans/ft-$1; done
-cifras ingest
-for tag in b c d; do
+cifras ingest                                                  # the new champion reads all 1,500
+for tag in b c d; do                                           # v4, v5, v6, each promoted by the rule
   harvest $tag
   cifras fine-tune file://$CIFRAS_DATA_DIR/exports/datasets file://$CIFRAS_DATA_DIR/danish-$tag \
     file://$CIFRAS_DATA_DIR/orand-$tag --epochs 2

@@ -42,7 +42,7 @@ def squeezed_pairs(x: np.ndarray, n: int, seed: int) -> np.ndarray:
         return out[:0]
     for k in range(n):
         i, j = rng.choice(len(x), 2, replace=False)
-        a, b = (_ink_box(x[t]) for t in (i, j))
+        a, b = (_ink_only(x[t]) for t in (i, j))
         h = max(a.shape[0], b.shape[0])
         gap = int(rng.integers(-2, 2))  # touching, overlapping a little, or one pixel apart
         canvas = np.zeros((h, a.shape[1] + b.shape[1] + max(gap, 0)), np.uint8)
@@ -58,11 +58,12 @@ def squeezed_pairs(x: np.ndarray, n: int, seed: int) -> np.ndarray:
     return out
 
 
-def _ink_box(img: np.ndarray) -> np.ndarray:
-    rows, cols = np.flatnonzero(img.any(axis=1)), np.flatnonzero(img.any(axis=0))
-    if not len(rows):
-        return img
-    return img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+def _ink_only(img: np.ndarray) -> np.ndarray:
+    """The digit's ink bounding box (every non-zero pixel); a blank image as it is."""
+    from tasks.digit_pools import crop_to_ink
+
+    crop = crop_to_ink(img, threshold=1)
+    return img if crop is None else crop
 
 
 def with_pairs(x: np.ndarray, y: np.ndarray, pairs: np.ndarray, seed: int
