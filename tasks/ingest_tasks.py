@@ -138,7 +138,7 @@ _submitting = threading.Lock()
 
 
 def _prepare_in_workers(refs: list[ObjectRef], fetch, workers: int, threads: int, template_name: str,
-                        opt: ReadOptions) -> list[tuple[str, list[PreparedScan], float]]:
+                        opt: ReadOptions, timeout_s: float) -> list[tuple[str, list[PreparedScan], float]]:
     """Fetch in `threads` threads (I/O), prepare in the shared pool of worker processes: each
     scan goes to the pool as soon as its bytes are in."""
     from tasks import workers as worker_pool
@@ -161,7 +161,7 @@ def _prepare_in_workers(refs: list[ObjectRef], fetch, workers: int, threads: int
     jobs = [sent[0] for *_, sent in fetched if sent is not None]
     futures = [sent[1] for *_, sent in fetched if sent is not None]
     fetched = [(outcome, got, t_fetch, sent is not None) for outcome, got, t_fetch, sent in fetched]
-    pages = iter(worker_pool.collect(pool, jobs, futures, template_name, opt))
+    pages = iter(worker_pool.collect(pool, jobs, futures, template_name, opt, timeout_s=timeout_s))
     out = []
     for outcome, got, t_fetch, was_sent in fetched:
         if was_sent:
@@ -214,7 +214,8 @@ def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracki
     threads = min(settings.read.threads, len(refs))
     workers = worker_processes(settings)
     if workers:
-        outcomes = _prepare_in_workers(refs, fetch, workers, threads, template_name, opt)
+        outcomes = _prepare_in_workers(refs, fetch, workers, threads, template_name, opt,
+                                       settings.read.scan_timeout_s)
     elif threads > 1:
         with ThreadPoolExecutor(threads, thread_name_prefix="prepare") as pool:
             outcomes = list(pool.map(fetch_and_prepare, refs))

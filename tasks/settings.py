@@ -97,6 +97,9 @@ class ReadSettings(_Section):
     # Worker processes preparing scans (decode to reframe), shared by all chunks of a process;
     # 0: prepare in the `threads` above, in this process. Threads then only fetch.
     workers: int = Field(default=2, ge=0)
+    # A scan a worker process has not prepared this long after its turn came is recorded
+    # unreadable with that reason, and the worker stopped (workers > 0 only: a thread cannot be).
+    scan_timeout_s: float = Field(default=120, gt=0)
     max_pages: int = Field(default=100, ge=1)
     pdf_dpi: int = Field(default=200, ge=36, le=600)
     suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".pdf")

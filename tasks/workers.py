@@ -17,6 +17,10 @@ each take one scan at a time: the parent sends the file's bytes and gets back th
   that were in flight are then prepared again one at a time in a private one-worker pool, so
   that the scan that kills its worker is known: it gets the reason, the others their reading,
   and the batch goes on.
+- A scan still not prepared `read.scan_timeout_s` after it came to the head of the queue (a
+  decoder stuck on a malformed file) gets that as its reason; the pool's processes are killed,
+  which is the only way to stop it, and the scans lost with them are redone as above. Without
+  the limit one such file would hold the night (and the run's lock on its scans) for ever.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from contextlib import suppress
 from tasks.read import PreparedScan, ReadOptions, prepare_pages
 
 CRASHED = "the reader's worker process died on this scan ({})"
+STUCK = "not prepared after {:g} s; the reader's worker process was stopped (read.scan_timeout_s)"
 
 _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
@@ -108,6 +113,13 @@ def warm(size: int) -> None:
         pool.submit(_ready)
 
 
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """End a pool's processes now: its futures still pending fail with BrokenProcessPool."""
+    for proc in list((pool._processes or {}).values()):
+        with suppress(OSError, AttributeError):
+            proc.kill()
+
+
 def _discard(pool: ProcessPoolExecutor) -> None:
     """Forget a broken pool, unless another thread has already replaced it."""
     global _pool
@@ -140,25 +152,34 @@ def submit(pool: ProcessPoolExecutor, job: Job, template_name: str, opt: ReadOpt
 
 
 def collect(pool: ProcessPoolExecutor, jobs: list[Job | None], futures: Sequence[Future],
-            template_name: str, opt: ReadOptions, fn: Callable = _prepare_job
-            ) -> list[list[PreparedScan]]:
+            template_name: str, opt: ReadOptions, fn: Callable = _prepare_job,
+            timeout_s: float | None = None) -> list[list[PreparedScan]]:
     """The pages of each job, in order. Jobs lost to a dead worker are prepared again, one at a
-    time in a private pool; a job that kills that worker too is recorded as unreadable.
+    time in a private pool; a job that kills that worker too is recorded as unreadable, and so
+    is a job not done `timeout_s` after its turn came (its pool is killed to stop it).
     Exceptions of `prepare_pages` itself (a bug, not bad input) propagate.
 
     A job is dropped from `jobs` once its pages are back: a chunk's file bytes (0.6 MB a
     scan) are then not all held until its last scan is prepared."""
     out: list[list[PreparedScan] | None] = []
-    lost = []
+    lost, killed = [], False
     for i, f in enumerate(futures):
+        # jobs start in the order sent: once the earlier ones are back this one has started,
+        # or waits only behind the other chunk in flight, so it gets about `timeout_s` itself
         try:
-            out.append(f.result())
+            out.append(f.result(timeout=timeout_s))
             jobs[i] = None
         except BrokenProcessPool:
             out.append(None)
             lost.append(i)
-    if lost:
+        except TimeoutError:
+            out.append(_stuck(jobs[i], timeout_s))
+            jobs[i] = None
+            _kill(pool)  # the jobs still in it fail with BrokenProcessPool and are redone below
+            killed = True
+    if lost or killed:
         _discard(pool)
+    if lost:
         solo: ProcessPoolExecutor | None = None
         try:
             for i in lost:
@@ -166,17 +187,25 @@ def collect(pool: ProcessPoolExecutor, jobs: list[Job | None], futures: Sequence
                 job = jobs[i]
                 assert job is not None  # lost jobs are kept
                 try:
-                    out[i] = submit(solo, job, template_name, opt, fn).result()
-                except BrokenProcessPool:
+                    out[i] = submit(solo, job, template_name, opt, fn).result(timeout=timeout_s)
+                except (BrokenProcessPool, TimeoutError) as exc:
+                    _kill(solo)
                     solo.shutdown(wait=False, cancel_futures=True)
                     solo = None
                     _, uri, digest = job
-                    out[i] = [PreparedScan(uri, digest, "unreadable",
-                                           CRASHED.format("killed or crashed while reading it"))]
+                    out[i] = (_stuck(job, timeout_s) if isinstance(exc, TimeoutError) else
+                              [PreparedScan(uri, digest, "unreadable",
+                                            CRASHED.format("killed or crashed while reading it"))])
         finally:
             if solo is not None:
                 solo.shutdown(wait=True)
     return out  # type: ignore[return-value]
+
+
+def _stuck(job: Job | None, timeout_s: float | None) -> list[PreparedScan]:
+    assert job is not None
+    _, uri, digest = job
+    return [PreparedScan(uri, digest, "unreadable", STUCK.format(timeout_s))]
 
 
 def _pids() -> list[int]:

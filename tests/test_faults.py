@@ -99,13 +99,16 @@ class FlakyProxy:
                 dst.sendall(data)
         except OSError:
             pass
-        finally:
-            for s in (src, dst):
-                with suppress(OSError):
-                    s.close()
+        finally:  # one side ended: end the other too. shutdown, not close alone, so that the
+            for s in (src, dst):  # thread blocked in recv on it wakes and its peer sees the end
+                with suppress(OSError):  # (else a client could wait on a dead pipe for ever:
+                    s.shutdown(socket.SHUT_RDWR)  # its keepalives are answered by this proxy)
+                s.close()
 
     def close(self) -> None:
         self.stopped = True
+        with suppress(OSError):  # wakes the accept thread (close alone would leave it waiting)
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         self.outage(0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import cv2
@@ -22,6 +23,13 @@ def _kill_on_poison(data: bytes, uri: str, digest: str, template_name: str, opt:
     """A job function for the pool: dies like a segfaulting decoder on scans named poison."""
     if "poison" in uri:
         os.kill(os.getpid(), signal.SIGKILL)
+    return workers._prepare_job(data, uri, digest, template_name, opt)
+
+
+def _hang_on_stuck(data: bytes, uri: str, digest: str, template_name: str, opt: ReadOptions):
+    """A job function for the pool: never returns on scans named stuck, like a decoder in a loop."""
+    if "stuck" in uri:
+        time.sleep(3600)
     return workers._prepare_job(data, uri, digest, template_name, opt)
 
 
@@ -81,6 +89,29 @@ def test_a_scan_that_kills_its_worker_gets_a_reason_and_the_others_are_read(refe
     assert fresh is not pool
     again = workers.collect(fresh, jobs[:1], [workers.submit(fresh, jobs[0], TEMPLATE, opt)], TEMPLATE, opt)
     assert again[0][0].status == "ok"
+
+
+def test_a_scan_that_never_finishes_gets_a_reason_and_the_others_are_read(reference_scan):
+    opt = ReadOptions()
+    jobs = _jobs(reference_scan)[:3]
+    stuck = (jobs[0][0], "file:///s/stuck.jpg", "s0")
+    jobs = [jobs[0], stuck, *jobs[1:]]
+    pool = workers.get_pool(2)
+    futures = [workers.submit(pool, job, TEMPLATE, opt, _hang_on_stuck) for job in jobs]
+    started = time.monotonic()
+    got = workers.collect(pool, list(jobs), futures, TEMPLATE, opt, _hang_on_stuck, timeout_s=3)
+    assert time.monotonic() - started < 60  # not the hour the stuck job would take
+    assert [p[0].uri for p in got] == [uri for _, uri, _ in jobs]
+    assert [p[0].status for p in got] == ["ok", "unreadable", "ok", "unaligned"]
+    assert got[1][0].reason.startswith("not prepared after 3 s") and got[1][0].content_hash == "s0"
+    assert workers.get_pool(2) is not pool  # its processes were killed to stop the stuck job
+    # stuck in the one-at-a-time pass too (after its pool lost its workers): the same verdict
+    pool = workers.get_pool(2)
+    futures = [workers.submit(pool, job, TEMPLATE, opt, _hang_on_stuck) for job in (stuck, jobs[2])]
+    workers._kill(pool)
+    got = workers.collect(pool, [stuck, jobs[2]], futures, TEMPLATE, opt, _hang_on_stuck, timeout_s=3)
+    assert [p[0].status for p in got] == ["unreadable", "ok"]
+    assert got[0][0].reason.startswith("not prepared after 3 s")
 
 
 @pytest.mark.slow
