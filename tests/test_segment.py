@@ -274,3 +274,42 @@ def test_a_cell_given_in_float_is_segmented_as_its_8_bit_grey():
     assert all(np.array_equal(a, b) for a, b in zip(as_float.digits, as_u8.digits, strict=True))
     blank_float = segment_cell(blank().astype(np.float32), PAD, 3)
     assert (blank_float.kind, blank_float.reason) == ("empty", "no ink in the cell")
+
+
+def faint_one_beside_a_zero() -> np.ndarray:
+    """A bold 0 and, left of it, a thin 1 written lightly (ink strength ~0.29, under INK_LEVEL)
+    with a few darker specks along it, as a dry pen leaves one."""
+    img = blank()
+    zero(img, 130, 38)
+    cv2.line(img, (80, 20), (80, 56), 180, 2)
+    for y in (24, 36, 48):
+        img[y : y + 2, 80:82] = 120
+    return img
+
+
+def test_a_faint_stroke_broken_into_specks_is_joined_into_its_digit(monkeypatch):
+    import tasks.segment as segment
+
+    monkeypatch.setattr(segment, "INK_JOIN", None)
+    alone = segment_cell(faint_one_beside_a_zero(), PAD, 3)
+    assert len(alone.groups) == 1  # the 1's darker specks alone, dropped as specks
+    monkeypatch.setattr(segment, "INK_JOIN", 0.25)
+    joined = segment_cell(faint_one_beside_a_zero(), PAD, 3)
+    assert len(joined.groups) == 2
+    x, y, w, h = joined.boxes[joined.groups[0][0][0]]
+    assert x <= 80 <= x + w and h >= 30  # the whole stroke, not a speck of it
+    assert joined.boxes[joined.groups[1][0][0]] == alone.boxes[alone.groups[0][0][0]]
+
+
+def test_faint_ink_around_a_whole_digit_is_not_added_to_it(monkeypatch):
+    import tasks.segment as segment
+
+    img = blank()
+    cv2.ellipse(img, (100, 38), (13, 20), 0, 0, 360, 180, 8)  # a faint halo
+    zero(img, 100, 38)
+    got = {}
+    for join in (None, 0.25):
+        monkeypatch.setattr(segment, "INK_JOIN", join)
+        seg = segment_cell(img, PAD, 3)
+        got[join] = (seg.boxes, [d.tobytes() for d in seg.digits])
+    assert got[None] == got[0.25] and len(got[None][0]) == 1
