@@ -72,11 +72,16 @@ def test_worker_processes_prepare_exactly_as_this_process(reference_scan, templa
     assert {"worker-0", "forkserver"} <= set(peaks) and all(v > 0 for v in peaks.values())
 
 
+def _with_a_bad_scan(reference_scan, uri: str, digest: str) -> list[tuple[bytes, str, str]]:
+    """Three readable jobs and, second, the reference scan's bytes under a name a job function
+    of these tests misbehaves on."""
+    jobs = _jobs(reference_scan)[:3]
+    return [jobs[0], (jobs[0][0], uri, digest), *jobs[1:]]
+
+
 def test_a_scan_that_kills_its_worker_gets_a_reason_and_the_others_are_read(reference_scan):
     opt = ReadOptions()
-    jobs = _jobs(reference_scan)[:3]
-    poison = (jobs[0][0], "file:///s/poison.jpg", "p0")
-    jobs = [jobs[0], poison, *jobs[1:]]
+    jobs = _with_a_bad_scan(reference_scan, "file:///s/poison.jpg", "p0")
     pool = workers.get_pool(2)
     futures = [workers.submit(pool, job, TEMPLATE, opt, _kill_on_poison) for job in jobs]
     got = workers.collect(pool, list(jobs), futures, TEMPLATE, opt, _kill_on_poison)
@@ -93,9 +98,8 @@ def test_a_scan_that_kills_its_worker_gets_a_reason_and_the_others_are_read(refe
 
 def test_a_scan_that_never_finishes_gets_a_reason_and_the_others_are_read(reference_scan):
     opt = ReadOptions()
-    jobs = _jobs(reference_scan)[:3]
-    stuck = (jobs[0][0], "file:///s/stuck.jpg", "s0")
-    jobs = [jobs[0], stuck, *jobs[1:]]
+    jobs = _with_a_bad_scan(reference_scan, "file:///s/stuck.jpg", "s0")
+    stuck = jobs[1]
     pool = workers.get_pool(2)
     futures = [workers.submit(pool, job, TEMPLATE, opt, _hang_on_stuck) for job in jobs]
     started = time.monotonic()
