@@ -20,7 +20,7 @@ each take one scan at a time: the parent sends the file's bytes and gets back th
 - A scan still not prepared `read.scan_timeout_s` after it came to the head of the queue (a
   decoder stuck on a malformed file) gets that as its reason; the pool's processes are killed,
   which is the only way to stop it, and the scans lost with them are redone as above. Without
-  the limit one such file would hold the night (and the run's lock on its scans) for ever.
+  the limit one such file would hold the night for ever.
 """
 
 from __future__ import annotations
