@@ -296,7 +296,7 @@ def test_a_faint_stroke_broken_into_specks_is_joined_into_its_digit(monkeypatch)
     monkeypatch.setattr(segment, "INK_JOIN", 0.25)
     joined = segment_cell(faint_one_beside_a_zero(), PAD, 3)
     assert len(joined.groups) == 2
-    x, y, w, h = joined.boxes[joined.groups[0][0][0]]
+    x, _, w, h = joined.boxes[joined.groups[0][0][0]]
     assert x <= 80 <= x + w and h >= 30  # the whole stroke, not a speck of it
     assert joined.boxes[joined.groups[1][0][0]] == alone.boxes[alone.groups[0][0][0]]
 
