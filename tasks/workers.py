@@ -173,7 +173,7 @@ def collect(pool: ProcessPoolExecutor, jobs: list[Job | None], futures: Sequence
             out.append(None)
             lost.append(i)
         except TimeoutError:
-            out.append(_stuck(jobs[i], timeout_s))
+            out.append(_unreadable(jobs[i], STUCK.format(timeout_s)))
             jobs[i] = None
             _kill(pool)  # the jobs still in it fail with BrokenProcessPool and are redone below
             killed = True
@@ -192,20 +192,18 @@ def collect(pool: ProcessPoolExecutor, jobs: list[Job | None], futures: Sequence
                     _kill(solo)
                     solo.shutdown(wait=False, cancel_futures=True)
                     solo = None
-                    _, uri, digest = job
-                    out[i] = (_stuck(job, timeout_s) if isinstance(exc, TimeoutError) else
-                              [PreparedScan(uri, digest, "unreadable",
-                                            CRASHED.format("killed or crashed while reading it"))])
+                    out[i] = _unreadable(job, STUCK.format(timeout_s) if isinstance(exc, TimeoutError)
+                                         else CRASHED.format("killed or crashed while reading it"))
         finally:
             if solo is not None:
                 solo.shutdown(wait=True)
     return out  # type: ignore[return-value]
 
 
-def _stuck(job: Job | None, timeout_s: float | None) -> list[PreparedScan]:
+def _unreadable(job: Job | None, reason: str) -> list[PreparedScan]:
     assert job is not None
     _, uri, digest = job
-    return [PreparedScan(uri, digest, "unreadable", STUCK.format(timeout_s))]
+    return [PreparedScan(uri, digest, "unreadable", reason)]
 
 
 def _pids() -> list[int]:
