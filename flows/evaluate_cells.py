@@ -33,7 +33,8 @@ def evaluate_cells_flow(images: str, labels: str, model: str | None = None, spli
         imgs.append(img)
         kept.append(c.label)
     readings = read_cells(imgs, model, max_digits, settings.read.ok_threshold,
-                          settings.read.reframe, settings.read.batch_size, settings.read.second_look)
+                          settings.read.reframe, settings.read.batch_size, settings.read.second_look,
+                          settings.read.second_look_margin)
     report = score_numbers(readings, kept)
     report.update({"skipped_not_numbers": skipped, "missing_images": missing, "model": ref.label})
     experiment = tracking.ensure_experiment(client, settings, EXPERIMENT)
@@ -41,7 +42,8 @@ def evaluate_cells_flow(images: str, labels: str, model: str | None = None, spli
         tracking.log_params(client, run_id, {"images": str(root.resolve()), "labels": str(labels_path),
                                              "split": split, "model_version": ref.label,
                                              "ok_threshold": settings.read.ok_threshold,
-                                             "second_look": settings.read.second_look})
+                                             "second_look": settings.read.second_look,
+                                             "second_look_margin": settings.read.second_look_margin})
         tracking.log_metrics(client, run_id, {k: report[k] for k in
                                               ("n", "number_accuracy", "review", "accuracy_when_ok")})
         tracking.log_json(client, run_id, report, "report.json")

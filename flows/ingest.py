@@ -115,7 +115,16 @@ def log_run_task(settings: Settings, mlflow_run_id: str, params: dict, metrics: 
 
 
 def _chunks(items: list, size: int) -> list[list]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+    """Chunks of `size`, but a long run starts and ends with a fifth of that. While the first
+    chunk is prepared the flow has nothing to infer, and while it infers and stores the last
+    the reader's processes have nothing to prepare: short ends keep both waits short (about
+    a second of a 1,000-telegram run)."""
+    edge = size // 5
+    if edge < 2 or len(items) <= 2 * size:
+        edge = 0
+    end = len(items) - edge
+    middle = [items[i : min(i + size, end)] for i in range(edge, end, size)]
+    return [items[:edge], *middle, items[end:]] if edge else middle
 
 
 class _WorkerSetup(WorkerPlugin):

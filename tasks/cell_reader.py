@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tasks.compose import CellReading, compose
+from tasks.compose import CellReading, compose, contenders
 from tasks.errors import CifrasError
 from tasks.inference import predict_proba, second_look
 from tasks.reframe import reframe_many
@@ -305,8 +305,8 @@ class KeptReading:
 
 
 def read_cell_versions(images: list[np.ndarray | None], model, max_digits: int, ok_threshold: float,
-                       reframe: str = "mnist", batch_size: int = 2048, look_again: float = 0.0
-                       ) -> list[KeptReading | None]:
+                       reframe: str = "mnist", batch_size: int = 2048, look_again: float = 0.0,
+                       look_margin: float | None = None) -> list[KeptReading | None]:
     """Read many cell images with one batched inference. Each cell is read twice, as it is and
     without its underlines, and the likelier reading is kept: the model decides whether a long
     low stroke was part of a digit (as between one digit and several touching ones).
@@ -317,7 +317,12 @@ def read_cell_versions(images: list[np.ndarray | None], model, max_digits: int, 
     digits = [d for s in segs for d in s.digits]
     x = reframe_many(digits, reframe, ink="bright")  # type: ignore[arg-type]
     probs = predict_proba(model, x, batch_size) if len(x) else np.zeros((0, 10), np.float32)
-    probs = second_look(model, x, probs, look_again, batch_size)
+    among = None
+    if look_again > 0 and look_margin is not None and len(x):
+        top, bounds = probs.max(axis=1), np.cumsum([0, *(len(s.digits) for s in segs)])
+        among = np.concatenate([contenders(s, top[a:b], look_margin)
+                                for s, a, b in zip(segs, bounds[:-1], bounds[1:], strict=True)])
+    probs = second_look(model, x, probs, look_again, batch_size, among)
     read, offset = [], 0
     for s in segs:
         mine = slice(offset, offset + len(s.digits))
@@ -334,10 +339,11 @@ def read_cell_versions(images: list[np.ndarray | None], model, max_digits: int, 
 
 
 def read_cells(images: list[np.ndarray], model, max_digits: int, ok_threshold: float,
-               reframe: str = "mnist", batch_size: int = 2048, look_again: float = 0.0
-               ) -> list[CellReading]:
+               reframe: str = "mnist", batch_size: int = 2048, look_again: float = 0.0,
+               look_margin: float | None = None) -> list[CellReading]:
     """The kept reading of each cell image (`read_cell_versions`)."""
-    kept = read_cell_versions(images, model, max_digits, ok_threshold, reframe, batch_size, look_again)
+    kept = read_cell_versions(images, model, max_digits, ok_threshold, reframe, batch_size, look_again,
+                              look_margin)
     return [k.reading for k in kept if k is not None]
 
 

@@ -118,6 +118,26 @@ def _choose_hypotheses(seg: Segmentation, top: np.ndarray) -> tuple[list[int], i
     return chosen, splits
 
 
+def contenders(seg: Segmentation, top: np.ndarray, margin: float) -> np.ndarray:
+    """Which of a cell's digit images can still be part of its reading: those of every
+    hypothesis of a blob scoring within `margin` (log-probability) of the blob's best, and all
+    of a blob read one way only. What a second look can change is bounded (seven views, each
+    digit's probability at most 1), so a hypothesis far behind stays behind and its digits
+    need no second look."""
+    out = np.ones(len(top), bool)
+    if not seg.groups or all(len(h) == 1 for h in seg.groups):
+        return out
+    score = _hypothesis_score(seg, top)
+    for hypotheses in seg.groups:
+        if len(hypotheses) > 1:
+            scores = [score(h) for h in hypotheses]
+            best = max(scores)
+            for h, s in zip(hypotheses, scores, strict=True):
+                if s < best - margin:
+                    out[h] = False
+    return out
+
+
 def _hypothesis_score(seg: Segmentation, top: np.ndarray) -> Callable[[list[int]], float]:
     """How likely the model finds one reading of a blob: its digits' log-probabilities, less
     the cost of splitting and of reading wide marks as one digit."""

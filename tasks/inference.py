@@ -97,13 +97,18 @@ def _moved(x: np.ndarray) -> list[np.ndarray]:
     return views
 
 
-def second_look(model, x: np.ndarray, probs: np.ndarray, below: float, batch_size: int = 1024) -> np.ndarray:
+def second_look(model, x: np.ndarray, probs: np.ndarray, below: float, batch_size: int = 1024,
+                among: np.ndarray | None = None) -> np.ndarray:
     """Digits the model is unsure of (top probability under `below`) read again, moved a little
     six ways, and their probabilities averaged over the seven views. The same model, only
-    looking twice where one look was not enough; sure digits keep their single reading."""
+    looking twice where one look was not enough; sure digits keep their single reading.
+    `among`: only these digits (a mask) may be looked at again."""
     if below <= 0 or len(x) == 0:
         return probs
-    unsure = np.flatnonzero(probs.max(axis=1) < below)
+    unsure_mask = probs.max(axis=1) < below
+    if among is not None:
+        unsure_mask &= among
+    unsure = np.flatnonzero(unsure_mask)
     if len(unsure) == 0:
         return probs
     x = to_model_input(x)[unsure]

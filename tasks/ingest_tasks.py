@@ -62,7 +62,8 @@ def read_options(settings: Settings) -> ReadOptions:
     r = settings.read
     return ReadOptions(pad=r.pad, ok_threshold=r.ok_threshold, reframe=r.reframe,
                        batch_size=r.batch_size, max_pixels=r.max_pixels, checksum=r.checksum,
-                       max_pages=r.max_pages, pdf_dpi=r.pdf_dpi, second_look=r.second_look)
+                       max_pages=r.max_pages, pdf_dpi=r.pdf_dpi, second_look=r.second_look,
+                       second_look_margin=r.second_look_margin)
 
 
 def worker_processes(settings: Settings) -> int:

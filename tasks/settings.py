@@ -89,6 +89,9 @@ class ReadSettings(_Section):
     # Digits whose top probability is under this are read again, shifted a pixel each way and
     # turned 8 degrees each way, and the seven readings averaged; 0 turns it off.
     second_look: float = Field(default=0.5, ge=0, le=1)
+    # ... but only digits of a reading still in play: of a blob's hypotheses (whole, or split
+    # into touching digits) those scoring within this many log-units of its best. None: all.
+    second_look_margin: float | None = Field(default=1.0, ge=0)
     # auto: ONNX Runtime when the version has a verified ONNX export, else Keras (direct call).
     inference: Literal["auto", "onnx", "keras"] = "auto"
     # Scans of a chunk prepared (decode to reframe) in parallel threads; OpenCV and NumPy
@@ -159,6 +162,7 @@ class Settings(BaseSettings):
         env_prefix="CIFRAS_",
         env_nested_delimiter="__",
         env_ignore_empty=True,
+        env_parse_none_str="null",  # as in the YAML: CIFRAS_TRAIN__LIMIT=null is None
         extra="forbid",
         frozen=True,
     )

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.compose import compose
+from tasks.compose import compose, contenders
 from tasks.scoring import Scored, digit_pairs, score_cells
 from tasks.segment import Segmentation
 
@@ -39,6 +39,18 @@ def test_a_mark_much_wider_than_tall_is_read_as_touching_digits_unless_the_whole
     certain[0] = onehot([0], 0.999)[0]
     certain[1:] = onehot([2, 1], 0.3)
     assert compose(wide, certain, 3, 0.5).digits == "0"  # a wide 0 stays one digit
+
+
+def test_contenders_are_the_readings_still_in_play():
+    # blob 1: read whole (image 0) or as two (1, 2); blob 2 only one way (image 3)
+    seg = Segmentation("digits", digits=[None] * 4, groups=[[[0], [1, 2]], [[3]]],
+                       boxes=[(0, 0, 18, 20), (0, 0, 9, 20), (9, 0, 9, 20), (20, 0, 9, 20)])
+    top = np.array([0.9, 0.6, 0.6, 0.2])  # whole: log 0.9; split: 2 log 0.6 - 0.35, 1.27 behind
+    assert contenders(seg, top, 2.0).tolist() == [True, True, True, True]
+    assert contenders(seg, top, 1.0).tolist() == [True, False, False, True]  # the lone blob stays
+    top[:3] = [0.5, 0.99, 0.99]  # now the split leads, by 0.32
+    assert contenders(seg, top, 0.2).tolist() == [False, True, True, True]
+    assert contenders(Segmentation("digits", digits=[None] * 2), top[:2], 0.0).all()
 
 
 def test_number_is_rebuilt_from_its_digits():

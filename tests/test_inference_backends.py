@@ -112,3 +112,10 @@ def test_second_look_rereads_only_unsure_digits_and_averages_seven_views():
     model.seen = 0
     np.testing.assert_array_equal(second_look(model, x, probs, below=0.0), probs)
     assert model.seen == 0
+    # only among the digits still in play: an unsure digit outside them keeps its one reading
+    both_unsure = probs.copy()
+    both_unsure[0] = probs[1]
+    out = second_look(model, x, both_unsure, below=0.9, among=np.array([False, True, True]))
+    assert model.seen == 6
+    np.testing.assert_array_equal(out[0], both_unsure[0])
+    assert out[1].argmax() == 1

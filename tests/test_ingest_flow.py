@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import delete, func, select
 
 from flows.generate import generate_flow, mesa_for
-from flows.ingest import backfill_flow, ingest_flow
+from flows.ingest import _chunks, backfill_flow, ingest_flow
 from tasks.db import OfficialResult, Reading, Scan, Telegram, session_scope
 from tasks.official_results import Label, MesaId, store_labels
 from tasks.settings import load_settings
@@ -179,3 +179,13 @@ def test_the_flow_freezes_what_is_alive_once_per_process():
     _freeze_imports()  # a later run: objects made since stay collectable
     assert gc.get_freeze_count() == frozen
     del garbage
+
+
+def test_a_long_run_starts_and_ends_with_short_chunks():
+    items = list(range(1000))
+    chunks = _chunks(items, 25)
+    assert [x for c in chunks for x in c] == items  # every scan once, in order
+    assert len(chunks[0]) == len(chunks[-1]) == 5 and max(map(len, chunks)) == 25
+    assert [len(c) for c in _chunks(items[:50], 25)] == [25, 25]  # short runs: plain chunks
+    assert [len(c) for c in _chunks(items[:7], 2)] == [2, 2, 2, 1]  # and small chunk sizes
+    assert _chunks([], 25) == []

@@ -22,6 +22,16 @@ def test_environment_overrides_nested_values(cifras_env, monkeypatch):
     assert s.mlflow_tracking_uri == "http://127.0.0.1:5000"
 
 
+def test_null_in_the_environment_is_none_as_in_the_yaml(cifras_env, monkeypatch):
+    assert load_settings().read.second_look_margin == 1.0
+    monkeypatch.setenv("CIFRAS_READ__SECOND_LOOK_MARGIN", "null")
+    monkeypatch.setenv("CIFRAS_TRAIN__LIMIT", "null")
+    s = load_settings()
+    assert s.read.second_look_margin is None and s.train.limit is None
+    monkeypatch.setenv("CIFRAS_READ__SECOND_LOOK_MARGIN", "2.5")
+    assert load_settings().read.second_look_margin == 2.5
+
+
 def test_bad_value_is_one_clear_line(cifras_env, monkeypatch):
     monkeypatch.setenv("CIFRAS_TRAIN__EPOCHS", "many")
     with pytest.raises(CifrasError, match=r"train\.epochs") as err:
