@@ -3,7 +3,16 @@
 import cv2
 import numpy as np
 
-from tasks.segment import candidate_splits, crop_cell, one_stroke, percentile_u8, segment_cell
+from tasks.segment import (
+    candidate_splits,
+    crop_cell,
+    one_stroke,
+    percentile_u8,
+    rule_lines,
+    rule_lines_many,
+    segment_cell,
+    segment_cells,
+)
 
 PAD = 8
 H, W = 60 + 2 * PAD, 200 + 2 * PAD
@@ -313,3 +322,49 @@ def test_faint_ink_around_a_whole_digit_is_not_added_to_it(monkeypatch):
         seg = segment_cell(img, PAD, 3)
         got[join] = (seg.boxes, [d.tobytes() for d in seg.digits])
     assert got[None] == got[0.25] and len(got[None][0]) == 1
+
+
+def test_cells_segmented_together_are_segmented_as_one_by_one():
+    """The rules of many crops are found in shared OpenCV calls (crops of one width stacked,
+    of one height side by side): each segmentation must be the one of its crop alone, for
+    crops of several sizes, with rules, sub-box separators, a long stroke, empty and
+    scribbled cells."""
+    rng = np.random.default_rng(7)
+    cells, digits, edges = [], [], []
+    for k in range(14):
+        h, w = (H, W) if k % 3 else (H + 6, W - 20)
+        img = np.full((h, w), 255, np.uint8)
+        if k % 4:
+            cv2.line(img, (0, 4), (w - 1, 4 + k % 3), 0, 3)
+            cv2.line(img, (k % 5, 0), (k % 5 + 1, h - 1), 0, 2)
+            cv2.line(img, (w - 4, 0), (w - 4, h - 1), 0, 3)
+        for _ in range(k % 4):
+            x = int(rng.integers(PAD + 10, w - PAD - 30))
+            (one if rng.random() < 0.5 else lambda im, x, y: zero(im, x + 10, y + 18))(img, x, 20)
+            cv2.line(img, (x + 7, 2), (x + 7, 22), 0, 3)  # a stroke up through the top rule
+        if k == 5:
+            cv2.line(img, (PAD, 40), (w - PAD, 41), 0, 3)  # a stroke as long as a rule
+        if k == 7:
+            img[PAD : h - PAD, PAD : w - PAD] = 0  # scribbled over
+        sub = [PAD + 66, PAD + 133] if k in (2, 9) else []
+        for x in sub:
+            for y in range(PAD, h - PAD, 6):
+                cv2.line(img, (x, y), (x, y + 2), 0, 2)
+        cells.append(img)
+        digits.append(3)
+        edges.append(sub)
+    binaries = [np.where(c < 128, 255, 0).astype(np.uint8) for c in cells]
+    masks = rule_lines_many(binaries, PAD, edges)
+    assert sum(m.any() for m in masks) == 10  # the crops with printed rules
+    for b, e, m in zip(binaries, edges, masks, strict=True):
+        np.testing.assert_array_equal(m, rule_lines(b, PAD, e))
+    before = [c.copy() for c in cells]
+    together = segment_cells(cells, PAD, digits, edges)
+    alone = [segment_cell(c, PAD, d, e) for c, d, e in zip(before, digits, edges, strict=True)]
+    kinds = {s.kind for s in alone}
+    assert {"digits", "empty", "unreadable"} <= kinds  # the set covers the cases
+    for a, b in zip(alone, together, strict=True):
+        fields = ("kind", "reason", "notes", "boxes", "groups")
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+        assert all(np.array_equal(x, y) for x, y in zip(a.digits, b.digits, strict=True))
+    assert all(np.array_equal(c, b) for c, b in zip(cells, before, strict=True))  # crops untouched
