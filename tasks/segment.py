@@ -159,18 +159,15 @@ def rule_lines_many(binaries: list[np.ndarray], pad: int, subbox_edges: list[lis
     side for the column filters, and the last 3 x 3 dilation runs on all of them at once,
     apart by blank rows (a dilation adds nothing from blank pixels, as from the border)."""
     lines = [np.zeros_like(b) for b in binaries]
-    for w, group in _by(binaries, 1).items():
-        stack = np.vstack([binaries[i] for i in group])
-        found = open_rows(cv2.morphologyEx(stack, cv2.MORPH_CLOSE, ROW_GAP), _long_row(w, pad))
-        for i, part in zip(group, np.vsplit(found, np.cumsum([binaries[i].shape[0] for i in group])[:-1]),
-                           strict=True):
-            lines[i] |= part
-    for h, group in _by(binaries, 0).items():
-        stack = np.hstack([binaries[i] for i in group])
-        found = open_columns(cv2.morphologyEx(stack, cv2.MORPH_CLOSE, COLUMN_GAP), _long_column(h, pad))
-        for i, part in zip(group, np.hsplit(found, np.cumsum([binaries[i].shape[1] for i in group])[:-1]),
-                           strict=True):
-            lines[i] |= part
+    for along, gap, length, opening in ((1, ROW_GAP, _long_row, open_rows),
+                                        (0, COLUMN_GAP, _long_column, open_columns)):
+        across = 1 - along  # rows: crops of one width stacked; columns: of one height side by side
+        for size, group in _by(binaries, along).items():
+            stack = np.concatenate([binaries[i] for i in group], axis=across)
+            found = opening(cv2.morphologyEx(stack, cv2.MORPH_CLOSE, gap), length(size, pad))
+            cuts = np.cumsum([binaries[i].shape[across] for i in group])[:-1]
+            for i, part in zip(group, np.split(found, cuts, axis=across), strict=True):
+                lines[i] |= part
     for i, edges in enumerate(subbox_edges):
         if edges:
             lines[i] |= _dotted(binaries[i], pad, edges)
