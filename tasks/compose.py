@@ -121,9 +121,9 @@ def _choose_hypotheses(seg: Segmentation, top: np.ndarray) -> tuple[list[int], i
 def contenders(seg: Segmentation, top: np.ndarray, margin: float) -> np.ndarray:
     """Which of a cell's digit images can still be part of its reading: those of every
     hypothesis of a blob scoring within `margin` (log-probability) of the blob's best, and all
-    of a blob read one way only. What a second look can change is bounded (seven views, each
-    digit's probability at most 1), so a hypothesis far behind stays behind and its digits
-    need no second look."""
+    of a blob read one way only. Averaging seven views moves a digit's probability only so
+    far: a hypothesis well behind keeps losing, and six more views of its digits are wasted
+    (at a margin of 1 the validation sets read exactly as many numbers right, docs/performance.md)."""
     out = np.ones(len(top), bool)
     if not seg.groups or all(len(h) == 1 for h in seg.groups):
         return out
