@@ -293,12 +293,16 @@ def bench(
     data_dir: str = typer.Option(None, help="Where to keep the generated scans between runs."),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines",
                                    help="--no-baselines: end to end only (e.g. a memory run)."),
+    repeat: int = typer.Option(1, min=1, help=(
+        "Ingests, each between two decode passes; the median one is reported (shared machines "
+        "drift).")),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """End-to-end, inference and Tesseract benchmark on this machine (table, or JSON)."""
     from flows.bench import render, run_bench
 
-    _run(lambda: run_bench(count=count, data_dir=data_dir, baselines=baselines), as_json, render)
+    _run(lambda: run_bench(count=count, data_dir=data_dir, baselines=baselines, repeat=repeat),
+         as_json, render)
 
 
 @app.command("registration-error")
