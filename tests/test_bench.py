@@ -94,3 +94,5 @@ def test_bench_repeats_report_the_median_run_and_every_repeat(reading_env, tmp_p
     assert out["wall_over_decode"] == ratios[1]  # the median repeat is the one reported
     median = next(r for r in reps if r["wall_over_decode"] == ratios[1])
     assert out["wall_s"] == median["wall_s"] and out["decode_only_s"] == median["decode_only_s"]
+    # each run's digits are counted before the next forced run replaces its readings
+    assert out["digits_per_s"] > 0 and all(r["digits_per_s"] > 0 for r in reps)
