@@ -44,15 +44,32 @@ def prefect_server() -> Iterator[None]:
         yield
 
 
+# what a test session takes from the shell: where the development data and the test database are
+KEPT_ENV = ("CIFRAS_SHARED_DATA", "CIFRAS_MNIST_PATH", "CIFRAS_TEST_POSTGRES_URL")
+
+
+def _drop_cifras_env(mp: pytest.MonkeyPatch, keep: tuple[str, ...] = KEPT_ENV) -> None:
+    for var in list(os.environ):
+        if var.startswith("CIFRAS_") and var not in keep:
+            mp.delenv(var)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_shell_settings() -> Iterator[None]:
+    """No test sees the shell's other CIFRAS_* settings: run from a shell pointed at a real
+    registry or database, the session's training fixture registered a 1-epoch version into
+    that registry (session 10)."""
+    with pytest.MonkeyPatch.context() as mp:
+        _drop_cifras_env(mp)
+        yield
+
+
 @pytest.fixture
 def cifras_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh data directory (MLflow store, exports) for one test."""
     data = tmp_path / "cifras-data"
     monkeypatch.setenv("CIFRAS_DATA_DIR", str(data))
-    for var in list(os.environ):
-        if var.startswith("CIFRAS_") and var not in ("CIFRAS_DATA_DIR", "CIFRAS_SHARED_DATA",
-                                                     "CIFRAS_MNIST_PATH", "CIFRAS_TEST_POSTGRES_URL"):
-            monkeypatch.delenv(var)
+    _drop_cifras_env(monkeypatch, ("CIFRAS_DATA_DIR", *KEPT_ENV))
     # Test models train for seconds and stay below the production MNIST floor (0.99); the
     # floor itself is tested where it is set explicitly.
     monkeypatch.setenv("CIFRAS_PROMOTION__MIN_MNIST_ACCURACY", "0")

@@ -1,7 +1,13 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tasks.errors import CifrasError
 from tasks.settings import load_settings
+from tests.conftest import KEPT_ENV
 
 
 def test_defaults_use_local_sqlite(cifras_env, monkeypatch):
@@ -53,3 +59,18 @@ def test_missing_config_file(monkeypatch, tmp_path):
     monkeypatch.setenv("CIFRAS_CONFIG", str(tmp_path / "none.yaml"))
     with pytest.raises(CifrasError, match="CIFRAS_CONFIG"):
         load_settings()
+
+
+def test_the_shell_settings_do_not_reach_the_tests():
+    """Run from a shell pointed at a real registry or database, the tests keep to their own
+    stores: only KEPT_ENV passes (checked again in a pytest run given such a shell)."""
+    assert not [v for v in os.environ if v.startswith("CIFRAS_") and v not in KEPT_ENV]
+    if os.environ.get("SHELL_SETTINGS_PROBE"):
+        return
+    shell = {**os.environ, "SHELL_SETTINGS_PROBE": "1",
+             "CIFRAS_MLFLOW__TRACKING_URI": "sqlite:////nonexistent/registry/mlflow.db",
+             "CIFRAS_DATABASE_URL": "postgresql+psycopg://operator@db.example/cifras"}
+    inner = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            f"{__file__}::test_the_shell_settings_do_not_reach_the_tests"],
+                           env=shell, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert inner.returncode == 0, inner.stdout[-3000:]
