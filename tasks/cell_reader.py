@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tasks.compose import CellReading, compose, contenders
+from tasks.compose import CellReading, compose, contenders_of
 from tasks.errors import CifrasError
 from tasks.inference import predict_proba, second_look
 from tasks.reframe import reframe_many
@@ -319,9 +319,7 @@ def read_cell_versions(images: list[np.ndarray | None], model, max_digits: int, 
     probs = predict_proba(model, x, batch_size) if len(x) else np.zeros((0, 10), np.float32)
     among = None
     if look_again > 0 and look_margin is not None and len(x):
-        top, bounds = probs.max(axis=1), np.cumsum([0, *(len(s.digits) for s in segs)])
-        among = np.concatenate([contenders(s, top[a:b], look_margin)
-                                for s, a, b in zip(segs, bounds[:-1], bounds[1:], strict=True)])
+        among = contenders_of(segs, probs.max(axis=1), look_margin)
     probs = second_look(model, x, probs, look_again, batch_size, among)
     read, offset = [], 0
     for s in segs:

@@ -138,6 +138,15 @@ def contenders(seg: Segmentation, top: np.ndarray, margin: float) -> np.ndarray:
     return out
 
 
+def contenders_of(segs: list[Segmentation], top: np.ndarray, margin: float) -> np.ndarray:
+    """`contenders` over a batch: `top` holds the digits of `segs` one cell after another."""
+    bounds = np.cumsum([0, *(len(s.boxes) for s in segs)])
+    if bounds[-1] != len(top):
+        raise ValueError(f"{len(top)} digit probabilities for {bounds[-1]} digit images")
+    parts = [contenders(s, top[a:b], margin) for s, a, b in zip(segs, bounds[:-1], bounds[1:], strict=True)]
+    return np.concatenate(parts) if parts else np.zeros(0, bool)
+
+
 def _hypothesis_score(seg: Segmentation, top: np.ndarray) -> Callable[[list[int]], float]:
     """How likely the model finds one reading of a blob: its digits' log-probabilities, less
     the cost of splitting and of reading wide marks as one digit."""

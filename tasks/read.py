@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tasks.checksum import apply_checksum
-from tasks.compose import CellReading, compose, contenders
+from tasks.compose import CellReading, compose, contenders_of
 from tasks.decode import Decoded, decode_pages, decode_scan
 from tasks.inference import predict_proba, second_look
 from tasks.reframe import reframe_many
@@ -156,7 +156,9 @@ def infer_and_compose(
     probs = predict_proba(model, batch, opt.batch_size) if len(batch) else np.zeros((0, 10), np.float32)
     among = None
     if opt.second_look > 0 and opt.second_look_margin is not None and len(batch):
-        among = _contenders(ready, template, probs, opt.second_look_margin)
+        # a scan's digits are its cells', in template order
+        among = contenders_of([p.segs[c.id] for p in ready for c in template.cells], probs.max(axis=1),
+                              opt.second_look_margin)
     probs = second_look(model, batch, probs, opt.second_look, opt.batch_size, among)
     timings["infer"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -186,21 +188,6 @@ def infer_and_compose(
                                p.crops, digit_inputs, p.page, p.pages))
     timings["compose"] = time.perf_counter() - t0
     return out, timings
-
-
-def _contenders(ready: list[PreparedScan], template: Template, probs: np.ndarray, margin: float
-                ) -> np.ndarray:
-    """`compose.contenders` over the batch: a scan's digits are its cells' in template order."""
-    top = probs.max(axis=1)
-    parts, offset = [], 0
-    for p in ready:
-        for cell in template.cells:
-            seg = p.segs[cell.id]
-            n = len(seg.boxes)
-            parts.append(contenders(seg, top[offset : offset + n], margin))
-            offset += n
-    assert offset == len(top), "digit images out of step with their cells"
-    return np.concatenate(parts) if parts else np.zeros(0, bool)
 
 
 def mesa_code_from_uri(uri: str) -> str | None:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.compose import compose, contenders
+from tasks.compose import compose, contenders, contenders_of
 from tasks.scoring import Scored, digit_pairs, score_cells
 from tasks.segment import Segmentation
 
@@ -51,6 +51,12 @@ def test_contenders_are_the_readings_still_in_play():
     top[:3] = [0.5, 0.99, 0.99]  # now the split leads, by 0.32
     assert contenders(seg, top, 0.2).tolist() == [False, True, True, True]
     assert contenders(Segmentation("digits", digits=[None] * 2), top[:2], 0.0).all()
+    # over a batch, each cell its own slice of the digits: here the second cell's split is behind
+    lone = Segmentation("digits", digits=[None], groups=[[[0]]], boxes=[(0, 0, 9, 20)])
+    top = np.array([0.3, 0.9, 0.6, 0.6, 0.2])
+    assert contenders_of([lone, seg], top, 1.0).tolist() == [True, True, False, False, True]
+    with pytest.raises(ValueError, match="digit images"):
+        contenders_of([lone, seg], top[:4], 1.0)
 
 
 def test_number_is_rebuilt_from_its_digits():
