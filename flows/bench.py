@@ -216,6 +216,7 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None,
         "digit_accuracy": summary.get("digit_accuracy"),
         "number_accuracy": summary.get("number_accuracy"),
         "load_average": [round(v, 2) for v in os.getloadavg()],
+        "machine": _machine(),
         "data_dir": str(base),
     }
     if len(runs) > 1:
@@ -305,8 +306,43 @@ def _api_server_cpu_s(marker: bytes = b"prefect.server") -> float | None:
     return total if found else None
 
 
+# the vector instructions that decide how fast convolutions and JPEG decoding run: the same
+# code's ratios differ between machines with and without AVX-512 (docs/performance.md)
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def machine_info(cpuinfo: str, cores: int | None) -> dict:
+    """The CPU a bench ran on, from the text of /proc/cpuinfo: its model name, the cores, and
+    which of `VECTOR_FLAGS` it has. The figures are ratios within one run, but which
+    stage bounds the speed, and by how much, depends on these."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": fields.get("model name") or fields.get("Processor") or "unknown",
+            "family_model": f"{fields['cpu family']}/{fields['model']}"
+            if "cpu family" in fields and "model" in fields else None,
+            "cores": cores, "vector": [f for f in VECTOR_FLAGS if f in flags]}
+
+
+def _machine() -> dict:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        text = ""
+    return machine_info(text, os.cpu_count())
+
+
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _machine_line(m: dict | None) -> str:
+    if not m:
+        return "unknown"
+    return f"{m['cpu']} ({m['family_model'] or '?'}), {m['cores']} cores, {' '.join(m['vector']) or 'no AVX'}"
 
 
 def render(r: dict) -> str:
@@ -323,7 +359,8 @@ def render(r: dict) -> str:
              f"{'orchestration overhead':<26}{r['orchestration_overhead']:.1%}",
              f"{'peak RSS (MB)':<26}{r['peak_rss_mb']} (with workers: {r.get('total_peak_rss_mb')})",
              f"{'digit / number accuracy':<26}{r['digit_accuracy']} / {r['number_accuracy']}",
-             f"{'load average':<26}{r['load_average']}", "",
+             f"{'load average':<26}{r['load_average']}",
+             f"{'machine':<26}{_machine_line(r.get('machine'))}", "",
              f"stage seconds (summed over threads and processes; {r.get('prepare_workers')} worker "
              f"processes / {r['prepare_threads']} threads prepare scans, "
              f"busy {r['work_s']} s of wall):"]

@@ -1,6 +1,8 @@
 """The benchmark's inference comparison runs every backend on the same inputs and checks that
 they agree; speeds are printed by `cifras bench`, never asserted."""
 
+import os
+
 import pytest
 
 from flows.bench import inference_backends
@@ -80,6 +82,7 @@ def test_bench_reads_a_few_telegrams_and_brackets_the_ingest_with_decode_passes(
     assert {"decode", "register", "segment", "infer", "compose", "persist"} <= set(out["stage_s"])
     assert 0 <= out["orchestration_overhead"] < 1
     assert "repeats" not in out
+    assert out["machine"]["cores"] == os.cpu_count() and out["machine"]["cpu"]
 
 
 def test_bench_repeats_report_the_median_run_and_every_repeat(reading_env, tmp_path):
@@ -96,3 +99,38 @@ def test_bench_repeats_report_the_median_run_and_every_repeat(reading_env, tmp_p
     assert out["wall_s"] == median["wall_s"] and out["decode_only_s"] == median["decode_only_s"]
     # each run's digits are counted before the next forced run replaces its readings
     assert out["digits_per_s"] > 0 and all(r["digits_per_s"] > 0 for r in reps)
+
+
+INTEL = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq avx512_vnni avx512_bf16 amx_tile
+processor\t: 1
+model name\t: something else
+flags\t\t: fpu
+"""
+AMD = """processor\t: 0
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx avx2 fma
+"""
+
+
+def test_machine_info_names_the_cpu_and_its_vector_instructions():
+    from flows.bench import machine_info, render
+
+    intel = machine_info(INTEL, 2)
+    assert intel == {"cpu": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "family_model": "6/143",
+                     "cores": 2,
+                     "vector": ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]}
+    amd = machine_info(AMD, 2)
+    assert amd["cpu"] == "AMD EPYC" and amd["family_model"] == "25/1" and amd["vector"] == ["avx2", "fma"]
+    assert machine_info("", None) == {"cpu": "unknown", "family_model": None, "cores": None, "vector": []}
+    row = {"telegrams": 1, "telegrams_per_s": 1.0, "digits_per_s": 1.0, "decode_only_s": 1.0,
+           "wall_s": 4.0, "wall_over_decode": 4.0, "orchestration_overhead": 0.05, "peak_rss_mb": 1.0,
+           "digit_accuracy": 1.0, "number_accuracy": 1.0, "load_average": [0.0], "prepare_threads": 2,
+           "work_s": 3.8, "stage_s": {}, "machine": amd}
+    assert "AMD EPYC (25/1), 2 cores, avx2 fma" in render(row)
