@@ -435,6 +435,9 @@ def calibrate(
 
 
 def main() -> None:
+    from tasks import workers
+
+    workers.stop_on_sigterm()
     app()
 
 

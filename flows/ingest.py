@@ -53,6 +53,10 @@ from tasks.scoring import ScoreAccumulator, Scored
 from tasks.settings import DaskSettings, Settings, load_settings
 from tasks.storage import check_within, join, write_file
 
+# A deployed run's process (Prefect's process work pool imports this module before it starts
+# the flow) stops cleanly on SIGTERM too; `cifras` itself does this in its main.
+workers.stop_on_sigterm()
+
 SUMMARY_KEYS = ("scans", "read", "unreadable", "unaligned", "cells", "cells_scored", "digit_accuracy",
                 "digit_precision_macro", "digit_recall_macro", "digit_f1_macro", "number_accuracy",
                 "accuracy_when_ok", "review_share")

@@ -21,6 +21,12 @@ each take one scan at a time: the parent sends the file's bytes and gets back th
   decoder stuck on a malformed file) gets that as its reason; the pool's processes are killed,
   which is the only way to stop it, and the scans lost with them are redone as above. Without
   the limit one such file would hold the night for ever.
+- A SIGTERM (a scheduler's time limit, `systemctl stop`, `kill`) ends the run promptly and
+  leaves no process behind (`stop_on_sigterm`). Prefect turns the signal into a crashed flow
+  run and then re-sends it to the process; with Python's default action the process died on
+  the spot, and its workers, fork server and temporary Prefect server lived on, orphaned. Now
+  the workers are killed and the process exits through its exit handlers. Scans not yet
+  stored are not recorded at all, so the next run reads them.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import ctypes
 import functools
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -44,6 +51,12 @@ STUCK = "not prepared after {:g} s; the reader's worker process was stopped (rea
 _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
 _pool_size = 0
+_stopping = threading.Event()  # set by SIGTERM: no new workers, no scan redone
+
+
+class ReaderStopped(SystemExit):
+    """The process is stopping: the chunk's scans are left unread for the next run, never
+    recorded as unreadable. A SystemExit, so that no task retry starts them again."""
 
 
 def _context():
@@ -92,6 +105,8 @@ def new_pool(size: int) -> ProcessPoolExecutor:
 def get_pool(size: int) -> ProcessPoolExecutor:
     """The process's shared pool of `size` workers (replaced if its size changed)."""
     global _pool, _pool_size
+    if _stopping.is_set():
+        raise ReaderStopped("the process is stopping (SIGTERM): no new reader workers")
     with _lock:
         if _pool is None or _pool_size != size:
             if _pool is not None:
@@ -140,6 +155,28 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
+def stop_on_sigterm() -> bool:
+    """Have SIGTERM end this process through its exit handlers, after killing the reader's
+    workers (module docstring). Only from the main thread, and only over Python's default
+    action: a handler someone installed on purpose is kept. True when installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return False
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return True
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # no lock here: the handler runs in the main thread, which may hold it
+    _stopping.set()
+    pool = _pool
+    if pool is not None:
+        with suppress(Exception):  # the pool's manager thread may be changing its processes
+            _kill(pool)
+    raise SystemExit(128 + signum)
+
+
 Job = tuple[bytes, str, str]  # file bytes, URI, content hash
 
 
@@ -179,6 +216,8 @@ def collect(pool: ProcessPoolExecutor, jobs: list[Job | None], futures: Sequence
             killed = True
     if lost or killed:
         _discard(pool)
+    if lost and _stopping.is_set():  # killed on the way out, not by a scan
+        raise ReaderStopped(f"the process is stopping (SIGTERM): {len(lost)} scans left for the next run")
     if lost:
         solo: ProcessPoolExecutor | None = None
         try:

@@ -215,3 +215,84 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     pages = 20 * 2800 * 1700 // 4096
     assert faults["default"] > pages  # every decode maps its page afresh
     assert faults["keep"] < 0.02 * pages
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (Linux /proc)."""
+    parent = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        stat = workers.process_stat(int(p))
+        if stat is not None:
+            parent[int(p)] = stat[0]
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    stat = workers.process_stat(pid)
+    if stat is None:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waits for its parent; it is gone
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
+def test_sigterm_mid_run_leaves_no_process_behind_and_the_next_run_reads_the_rest(reading_env: Path):
+    """`cifras ingest` stopped by SIGTERM while its workers read: it exits (143) through its exit
+    handlers, and its workers, fork server and temporary Prefect server go with it (before,
+    they lived on, orphaned). The chunks it stored stay; the next run reads the others, each
+    scan once, none marked unreadable by the stop."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import func, select
+
+    from flows.generate import generate_flow
+    from flows.ingest import ingest_flow
+    from tasks.db import Scan, session_scope
+    from tasks.settings import load_settings
+
+    n = 60
+    generate_flow(count=n, seed=31)
+    settings = load_settings()
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # its own temporary server
+    env.update({"CIFRAS_READ__WORKERS": "1", "CIFRAS_READ__THREADS": "1"})  # slower: stopped mid-run
+
+    def stored() -> int:
+        try:
+            with session_scope(settings.db_url) as s:
+                return s.scalar(select(func.count()).select_from(Scan)) or 0
+        except Exception:  # the database does not exist yet
+            return 0
+
+    log = reading_env.parent / "ingest.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "cifras"), "ingest"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 240
+        while stored() == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first chunk is stored: the workers are reading the next
+        assert proc.poll() is None, f"ingest ended before it could be stopped\n{log.read_text()[-3000:]}"
+        below = _descendants(proc.pid)
+        assert len(below) >= 3  # the temporary Prefect server, the fork server, a worker
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+        deadline = time.monotonic() + 20
+        while any(map(_alive, below)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in below if _alive(p)], "processes left behind after SIGTERM"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first = stored()
+    assert 0 < first < n
+    rest = ingest_flow()
+    assert rest["scans"] == n - first and rest["unreadable"] == 0
+    with session_scope(settings.db_url) as s:
+        rows = s.execute(select(Scan.content_hash, Scan.status)).all()
+    assert len(rows) == len({h for h, _ in rows}) == n and {st for _, st in rows} == {"ok"}
