@@ -232,11 +232,12 @@ def _descendants(pid: int) -> set[int]:
 
 
 def _alive(pid: int) -> bool:
-    stat = workers.process_stat(pid)
-    if stat is None:
+    """Running, or at least not a zombie (one only waits for its parent to collect it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie waits for its parent; it is gone
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.slow
