@@ -27,6 +27,9 @@ each take one scan at a time: the parent sends the file's bytes and gets back th
   the spot, and its workers, fork server and temporary Prefect server lived on, orphaned. Now
   the workers are killed and the process exits through its exit handlers. Scans not yet
   stored are not recorded at all, so the next run reads them.
+- A SIGKILL cannot be handled: there each worker ends itself when the process it serves is
+  gone (`exit_with`), and the fork server and resource tracker follow. Only a temporary
+  Prefect server (no `PREFECT_API_URL`) outlives its process then.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -83,11 +87,52 @@ def keep_large_blocks() -> None:
         libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD: twice that, as glibc adapts it
 
 
-def _init_worker() -> None:
+def _init_worker(owner: int | None = None) -> None:
     import cv2
 
     cv2.setNumThreads(1)
     keep_large_blocks()
+    if owner is not None:
+        exit_with(owner)
+
+
+def exit_with(owner: int) -> None:
+    """End this process as soon as process `owner` (the one whose pool it serves) is gone.
+
+    A SIGKILL (the OOM killer, `kill -9`) gives the owner no chance to stop its workers, and
+    they cannot see it go by themselves: a worker blocked sending its result, into a pipe that
+    the other workers still hold open, waits for ever, and the fork server and the resource
+    tracker wait for the workers. Measured before this: a killed `cifras ingest` left both
+    workers, the fork server and the resource tracker running. A daemon thread waits on the
+    owner's pidfd (Linux 5.3+; elsewhere it polls once a second) and exits the process."""
+    try:
+        fd = os.pidfd_open(owner)
+    except ProcessLookupError:
+        os._exit(1)  # already gone
+    except (AttributeError, OSError):  # no pidfd here
+        fd = None
+    threading.Thread(target=_wait_for_exit, args=(owner, fd), name="exit-with-owner", daemon=True).start()
+
+
+def _wait_for_exit(owner: int, fd: int | None) -> None:
+    import select
+
+    if fd is not None:
+        select.select([fd], [], [])  # readable once the owner has exited
+    else:
+        while _exists(owner):
+            time.sleep(1.0)
+    os._exit(1)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now holds the number: ours is gone
+        return False
+    return True
 
 
 def _prepare_job(data: bytes, uri: str, digest: str, template_name: str, opt: ReadOptions
@@ -97,9 +142,11 @@ def _prepare_job(data: bytes, uri: str, digest: str, template_name: str, opt: Re
     return prepare_pages(data, uri, digest, load_template(template_name), opt)
 
 
-def new_pool(size: int) -> ProcessPoolExecutor:
-    """A private pool of `size` reader workers (the shared one is `get_pool`)."""
-    return ProcessPoolExecutor(size, mp_context=_context(), initializer=_init_worker)
+def new_pool(size: int, owner: int | None = None) -> ProcessPoolExecutor:
+    """A private pool of `size` reader workers (the shared one is `get_pool`), which end when
+    process `owner` (by default this one) does, however it ends (`exit_with`)."""
+    return ProcessPoolExecutor(size, mp_context=_context(), initializer=_init_worker,
+                               initargs=(owner or os.getpid(),))
 
 
 def get_pool(size: int) -> ProcessPoolExecutor:

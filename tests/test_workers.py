@@ -3,6 +3,7 @@ that dies on a scan costs that scan a reason, not the batch."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -240,28 +241,22 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
-def test_sigterm_mid_run_leaves_no_process_behind_and_the_next_run_reads_the_rest(reading_env: Path):
-    """`cifras ingest` stopped by SIGTERM while its workers read: it exits (143) through its exit
-    handlers, and its workers, fork server and temporary Prefect server go with it (before,
-    they lived on, orphaned). The chunks it stored stay; the next run reads the others, each
-    scan once, none marked unreadable by the stop."""
+def _stop_mid_run(reading_env: Path, sig: signal.Signals, env: dict[str, str]) -> tuple[int, set[int], int]:
+    """Start `cifras ingest` on 60 new scans, send it `sig` once its first chunk is stored
+    (its workers are reading the next), and wait until every process it had started is gone
+    (20 s at most). Returns its exit code, the processes left behind, and the scans stored."""
     import subprocess
     import sys
 
     from sqlalchemy import func, select
 
     from flows.generate import generate_flow
-    from flows.ingest import ingest_flow
     from tasks.db import Scan, session_scope
     from tasks.settings import load_settings
 
-    n = 60
-    generate_flow(count=n, seed=31)
+    generate_flow(count=60, seed=31)
     settings = load_settings()
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # its own temporary server
-    env.update({"CIFRAS_READ__WORKERS": "1", "CIFRAS_READ__THREADS": "1"})  # slower: stopped mid-run
+    env = {**env, "CIFRAS_READ__WORKERS": "1", "CIFRAS_READ__THREADS": "1"}  # slower: stopped mid-run
 
     def stored() -> int:
         try:
@@ -280,20 +275,94 @@ def test_sigterm_mid_run_leaves_no_process_behind_and_the_next_run_reads_the_res
             time.sleep(0.1)  # the first chunk is stored: the workers are reading the next
         assert proc.poll() is None, f"ingest ended before it could be stopped\n{log.read_text()[-3000:]}"
         below = _descendants(proc.pid)
-        assert len(below) >= 3  # the temporary Prefect server, the fork server, a worker
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+        assert len(below) >= 3, below  # at least the fork server, the resource tracker, a worker
+        proc.send_signal(sig)
+        code = proc.wait(timeout=60)
         deadline = time.monotonic() + 20
         while any(map(_alive, below)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not [p for p in below if _alive(p)], "processes left behind after SIGTERM"
+        left = {p for p in below if _alive(p)}
+        for p in left:  # not to disturb the tests after this one
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)
+        return code, left, stored()
     finally:
         if proc.poll() is None:
             proc.kill()
-    first = stored()
+
+
+def _next_run_reads_the_rest(first: int, n: int = 60) -> None:
+    from sqlalchemy import select
+
+    from flows.ingest import ingest_flow
+    from tasks.db import Scan, session_scope
+    from tasks.settings import load_settings
+
     assert 0 < first < n
     rest = ingest_flow()
     assert rest["scans"] == n - first and rest["unreadable"] == 0
-    with session_scope(settings.db_url) as s:
+    with session_scope(load_settings().db_url) as s:
         rows = s.execute(select(Scan.content_hash, Scan.status)).all()
     assert len(rows) == len({h for h, _ in rows}) == n and {st for _, st in rows} == {"ok"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
+def test_sigterm_mid_run_leaves_no_process_behind_and_the_next_run_reads_the_rest(reading_env: Path):
+    """`cifras ingest` stopped by SIGTERM while its workers read: it exits (143) through its exit
+    handlers, and its workers, fork server and temporary Prefect server go with it (before,
+    they lived on, orphaned). The chunks it stored stay; the next run reads the others, each
+    scan once, none marked unreadable by the stop."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # its own temporary server
+    code, left, first = _stop_mid_run(reading_env, signal.SIGTERM, env)
+    assert code == 128 + signal.SIGTERM, (reading_env.parent / "ingest.log").read_text()[-3000:]
+    assert not left, "processes left behind after SIGTERM"
+    _next_run_reads_the_rest(first)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
+def test_sigkill_mid_run_leaves_no_worker_behind_and_the_next_run_reads_the_rest(reading_env: Path):
+    """A SIGKILL (the OOM killer) cannot be handled; the workers then end themselves, and the
+    fork server and resource tracker follow (before, all four lived on for ever: a worker
+    blocked sending its result). With the session's Prefect API, so that no temporary server
+    (which would outlive it) is started. The next run reads the scans it did not store."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    code, left, first = _stop_mid_run(reading_env, signal.SIGKILL, env)
+    assert code == -signal.SIGKILL
+    assert not left, "processes left behind after SIGKILL"
+    _next_run_reads_the_rest(first)
+
+
+def _wait_for_exits(pids: set[int], seconds: float) -> set[int]:
+    deadline = time.monotonic() + seconds
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return {p for p in pids if _alive(p)}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_workers_end_when_the_process_they_serve_is_killed():
+    """Each worker follows its owner, busy or idle: here the owner is a stand-in process,
+    killed while one worker sleeps in a job."""
+    import subprocess
+    import sys
+
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    pool = workers.new_pool(2, owner=owner.pid)
+    try:
+        assert pool.submit(workers._ready).result(timeout=60) > 0
+        pool.submit(time.sleep, 600)  # one worker busy, for ever
+        pids = set(pool._processes)
+        assert pids and _wait_for_exits(pids, 0.5) == pids  # they run while their owner does
+        owner.kill()
+        owner.wait()
+        assert _wait_for_exits(pids, 10) == set()
+    finally:
+        owner.kill()
+        for p in pool._processes:
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)
+        pool.shutdown(wait=False, cancel_futures=True)
