@@ -90,7 +90,7 @@ def ink_levels(cell: np.ndarray) -> tuple[np.ndarray | None, float]:
     return np.clip((paper - grey) / max(contrast, MIN_CONTRAST), 0, 1), contrast
 
 
-def _hysteresis(strong: np.ndarray, weak: np.ndarray, speck: int, ns: int, pieces: np.ndarray
+def hysteresis(strong: np.ndarray, weak: np.ndarray, speck: int, ns: int, pieces: np.ndarray
                 ) -> np.ndarray:
     """`strong`, where a weak component holds only broken or speck-sized strong ink replaced
     by that whole weak component; elsewhere the strong ink alone (no faint halo is added to
@@ -339,7 +339,7 @@ def _segment_ink(ink: _Ink, lines: np.ndarray, pad: int, max_digits: int,
     speck = max(10, int(0.0012 * core_h * core_w))
     if INK_JOIN is not None:
         weak = cv2.LUT(cell[oy:ey, ox:ex], np.where(levels > INK_JOIN, 255, 0).astype(np.uint8))
-        grown = _hysteresis(box, weak & ~lines[oy:ey, ox:ex], speck, n, labels)
+        grown = hysteresis(box, weak & ~lines[oy:ey, ox:ex], speck, n, labels)
         if grown is not box:
             n, labels, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
     stats[:, 0] += ox

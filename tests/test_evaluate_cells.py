@@ -236,3 +236,49 @@ def test_the_kept_reading_is_the_models_likeliest_and_a_dash_never_beats_digits(
     assert likelier([digits[0], digits[1]]) == 1
     assert likelier([digits[1], digits[2]]) == 0  # a tie keeps the cell as it is
     assert likelier([dash, blank]) == 0
+
+
+def _five(width: int) -> np.ndarray:
+    """A "5" in a register cell: its top bar and its bowl dark, the stem that joins them faint
+    (local contrast ~30 grey levels, under the ink threshold of 40), strokes `width` px wide."""
+    cell = np.full((200, 120), 200, np.uint8)
+    cv2.line(cell, (50, 60), (75, 60), 110, width)  # top bar
+    cv2.line(cell, (50, 60), (53, 92), 165, width)  # stem, faint, down to the bowl
+    cv2.ellipse(cell, (60, 108), (14, 18), 0, -120, 150, 110, width)  # bowl
+    return cell
+
+
+def test_faint_ink_joins_the_broken_strokes_of_thin_writing_only():
+    """A fine nib's "5" whose stem is fainter than the ink threshold broke into its top bar and
+    its bowl, and only the bowl's line of writing was kept (read as a 6 or 0). With thin strokes
+    the faint stem joins them and the whole digit is kept; thick strokes are left as they are
+    (on cheques, faint ink joined printed background to the digits)."""
+    thin = keep_writing(_five(1))
+    assert thin[58:63, 55:75].min() < 80  # the top bar is kept
+    assert thin[95:125, 45:75].min() < 80  # and the bowl
+    thick = keep_writing(_five(3))
+    assert thick[95:128, 42:78].min() < 80
+    assert thick[55:66, 55:75].min() > 180  # the bar stays apart, on another line: dropped
+
+
+def test_the_width_of_strokes_is_measured():
+    from tasks.cell_reader import stroke_width
+
+    for thickness, width in ((1, 1), (3, 5), (5, 7)):  # OpenCV's thickness 3 draws 5 px
+        ink = np.zeros((100, 200), np.uint8)
+        cv2.line(ink, (20, 50), (180, 50), 255, thickness)
+        assert np.count_nonzero(ink.any(axis=1)) == width
+        assert stroke_width(ink) == pytest.approx(width, rel=0.1)
+    assert stroke_width(np.zeros((10, 10), np.uint8)) == 0.0
+
+
+def test_a_fine_nibs_digits_in_a_real_register_are_kept_whole(shared_data):
+    """Danish val, page K2845_0162a: "5.", "7." and "6" in a faint, thin hand, each kept whole
+    (at least 17 px of writing height; before, 12, 11 and 6 px of fragments: a "5" kept as its
+    top bar, a "6" as the bottom of its loop)."""
+    folder = shared_data / "danish_rowid_val" / "images"
+    for row in (0, 1, 2):
+        gray = cv2.imread(str(folder / f"died_K2845_0162a-DM_row_id_{row}.Jpg"), cv2.IMREAD_GRAYSCALE)
+        assert gray is not None
+        ys = np.nonzero(keep_writing(clean_margins(gray)) < 128)[0]
+        assert ys.max() - ys.min() + 1 >= 17, row
