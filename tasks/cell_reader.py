@@ -43,13 +43,13 @@ def clean_margins(gray: np.ndarray) -> np.ndarray:
 INK_CONTRAST = 40  # grey levels under the local paper level from which a pixel is ink
 # A thin pen's strokes (a register written with a fine nib, faded) fall under INK_CONTRAST
 # where they are thinnest, and break into pieces, of which `_keep` kept only those on the
-# line of the biggest: a "5." became its top bar, read as 7 or 1. Where the strokes are thin,
+# line of the biggest: a "5." became its top bar, read as 1. Where the strokes are thin,
 # fainter ink (from FAINT_CONTRAST) that joins broken or speck-sized pieces is added, as
 # `segment.hysteresis` does in telegram cells. Thick strokes (a cheque's felt pen) are left
 # as they are: there the fainter ink joined printed background to the digits. Decided on
 # Danish val (numbers right 88.02 -> 89.51 %), with ORAND val watched (56.25 -> 57.03 %; the
-# same join without the thin-stroke condition: 89.69 % and 44.53 %); a Danish *train* sample
-# of 3,000 rows, not used to decide, went from 74.53 to 79.50 % (docs/models.md, session 13).
+# same join without the thin-stroke condition: 89.69 % and 44.53 %); the Danish *train* split,
+# not used to decide, went from 74.53 to 79.59 % (docs/models.md, session 13).
 FAINT_CONTRAST = 24
 THIN_STROKE = 2.5  # px: ink pixels per pixel of the strokes' centre lines
 

@@ -250,7 +250,7 @@ def _five(width: int) -> np.ndarray:
 
 def test_faint_ink_joins_the_broken_strokes_of_thin_writing_only():
     """A fine nib's "5" whose stem is fainter than the ink threshold broke into its top bar and
-    its bowl, and only the bowl's line of writing was kept (read as a 6 or 0). With thin strokes
+    its bowl, and only the bowl's line of writing was kept (then misread). With thin strokes
     the faint stem joins them and the whole digit is kept; thick strokes are left as they are
     (on cheques, faint ink joined printed background to the digits)."""
     thin = keep_writing(_five(1))
