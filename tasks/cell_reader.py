@@ -20,7 +20,7 @@ from tasks.compose import CellReading, compose, contenders_of
 from tasks.errors import CifrasError
 from tasks.inference import predict_proba, second_look
 from tasks.reframe import reframe_many
-from tasks.segment import Segmentation, hysteresis, segment_cell
+from tasks.segment import Segmentation, hysteresis, segment_cell, speck_area
 
 PAD = 8
 DARK = 60  # grey level below which a border-touching region is scanner background
@@ -73,7 +73,7 @@ def _ink_and_lines(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     if 0 < stroke_width(ink) <= THIN_STROKE:
         pieces, labels = cv2.connectedComponents(ink, connectivity=8)
         faint = (contrast > FAINT_CONTRAST).astype(np.uint8) * 255
-        ink = hysteresis(ink, faint, max(10, int(0.0012 * h * w)), pieces, labels)
+        ink = hysteresis(ink, faint, speck_area(h, w), pieces, labels)
     vertical = cv2.morphologyEx(cv2.morphologyEx(ink, cv2.MORPH_CLOSE, np.ones((5, 1), np.uint8)),
                                 cv2.MORPH_OPEN, np.ones((max(3, int(0.4 * h)), 1), np.uint8))
     lines = vertical | cv2.morphologyEx(cv2.morphologyEx(ink, cv2.MORPH_CLOSE, np.ones((1, 5), np.uint8)),

@@ -90,6 +90,12 @@ def ink_levels(cell: np.ndarray) -> tuple[np.ndarray | None, float]:
     return np.clip((paper - grey) / max(contrast, MIN_CONTRAST), 0, 1), contrast
 
 
+def speck_area(h: int, w: int) -> int:
+    """Pixels under which a piece of ink in an h x w cell is a speck: 0.12 % of the cell, at
+    least 10."""
+    return max(10, int(0.0012 * h * w))
+
+
 def hysteresis(strong: np.ndarray, weak: np.ndarray, speck: int, ns: int, pieces: np.ndarray
                 ) -> np.ndarray:
     """`strong`, where a weak component holds only broken or speck-sized strong ink replaced
@@ -336,7 +342,7 @@ def _segment_ink(ink: _Ink, lines: np.ndarray, pad: int, max_digits: int,
     ex, ey = min(w, bx + ink_w + margin), min(h, by + ink_h + margin)
     box = binary[oy:ey, ox:ex]
     n, labels, stats, _ = cv2.connectedComponentsWithStats(box, connectivity=8)
-    speck = max(10, int(0.0012 * core_h * core_w))
+    speck = speck_area(core_h, core_w)
     if INK_JOIN is not None:
         weak = cv2.LUT(cell[oy:ey, ox:ex], np.where(levels > INK_JOIN, 255, 0).astype(np.uint8))
         grown = hysteresis(box, weak & ~lines[oy:ey, ox:ex], speck, n, labels)

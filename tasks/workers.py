@@ -87,13 +87,12 @@ def keep_large_blocks() -> None:
         libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD: twice that, as glibc adapts it
 
 
-def _init_worker(owner: int | None = None) -> None:
+def _init_worker(owner: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)
     keep_large_blocks()
-    if owner is not None:
-        exit_with(owner)
+    exit_with(owner)
 
 
 def exit_with(owner: int) -> None:
@@ -128,9 +127,7 @@ def _wait_for_exit(owner: int, fd: int | None) -> None:
 def _exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process now holds the number: ours is gone
+    except OSError:  # gone, or (PermissionError) its number now belongs to someone else's
         return False
     return True
 

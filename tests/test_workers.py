@@ -278,10 +278,7 @@ def _stop_mid_run(reading_env: Path, sig: signal.Signals, env: dict[str, str]) -
         assert len(below) >= 3, below  # at least the fork server, the resource tracker, a worker
         proc.send_signal(sig)
         code = proc.wait(timeout=60)
-        deadline = time.monotonic() + 20
-        while any(map(_alive, below)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = {p for p in below if _alive(p)}
+        left = _wait_for_exits(below, 20)
         for p in left:  # not to disturb the tests after this one
             with contextlib.suppress(OSError):
                 os.kill(p, signal.SIGKILL)
