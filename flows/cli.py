@@ -29,9 +29,16 @@ app = typer.Typer(
 )
 
 
-def _run(job: Callable[[], Any], as_json: bool, render: Callable[[Any], str] | None = None) -> Any:
-    """Run a flow; with --json only the JSON result reaches stdout (logs go to stderr)."""
+def _run(job: Callable[[], Any], as_json: bool, render: Callable[[Any], str] | None = None,
+         flows: bool = True) -> Any:
+    """Run a flow; with --json only the JSON result reaches stdout (logs go to stderr). A job
+    that runs `flows` gets its temporary Prefect server (none with PREFECT_API_URL) up front,
+    with a reaper that stops it if this process is killed."""
     try:
+        if flows:
+            from tasks.prefect_utils import temporary_server_reaped
+
+            temporary_server_reaped()
         if as_json:
             with contextlib.redirect_stdout(sys.stderr):
                 result = job()
@@ -123,7 +130,7 @@ def draw_template_cmd(
         write_bytes(out, png.tobytes(), settings)
         return {"scan": scan, "template": tpl.name, "cells": len(tpl.cells), "out": out}
 
-    _run(job, as_json=False)
+    _run(job, as_json=False, flows=False)
 
 
 @app.command("load-results")
@@ -154,7 +161,7 @@ def load_results(
         migrate(url)
         return store_labels(url, labels, tpl, source=csv_file, create_mesas=create_mesas)
 
-    _run(job, as_json=False)
+    _run(job, as_json=False, flows=False)
 
 
 @app.command("evaluate-cells")
@@ -225,7 +232,7 @@ def contact_sheet_cmd(
         write_bytes(out, png.tobytes(), settings)
         return {"out": out, "generated": count, "real": len(real[:1])}
 
-    _run(job, as_json=False)
+    _run(job, as_json=False, flows=False)
 
 
 @app.command("read-telegram")

@@ -43,3 +43,31 @@ def run_logger(name: str = "cifras") -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger(name)
+
+
+def temporary_server_reaped() -> int | None:
+    """Without `PREFECT_API_URL`, start Prefect's temporary server now (the same one every
+    client of this process then uses) with a reaper that stops it once this process is gone.
+    Prefect stops it at a normal exit, and on SIGTERM since the reader's handler exits through
+    those handlers; after a SIGKILL (the OOM killer) it lived on, orphaned, holding its port and
+    the Prefect database, for every killed run. Returns the server's pid, None with a server URL."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from tasks import lifelines
+
+    server = SubprocessASGIServer()
+    server.start()
+    process = server.server_process
+    if process is None:  # pragma: no cover - start() raises when it cannot start
+        return None
+    if process.pid not in _REAPED:
+        lifelines.reap_with_owner(process.pid)
+        _REAPED.add(process.pid)
+    return process.pid
+
+
+_REAPED: set[int] = set()  # servers of this process that have a reaper

@@ -28,8 +28,8 @@ each take one scan at a time: the parent sends the file's bytes and gets back th
   the workers are killed and the process exits through its exit handlers. Scans not yet
   stored are not recorded at all, so the next run reads them.
 - A SIGKILL cannot be handled: there each worker ends itself when the process it serves is
-  gone (`exit_with`), and the fork server and resource tracker follow. Only a temporary
-  Prefect server (no `PREFECT_API_URL`) outlives its process then.
+  gone (`exit_with`), and the fork server and resource tracker follow. A temporary Prefect
+  server (no `PREFECT_API_URL`) is stopped by its reaper (`tasks.lifelines`).
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ import multiprocessing
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import suppress
 
+from tasks import lifelines
 from tasks.read import PreparedScan, ReadOptions, prepare_pages
 
 CRASHED = "the reader's worker process died on this scan ({})"
@@ -105,31 +105,15 @@ def exit_with(owner: int) -> None:
     workers, the fork server and the resource tracker running. A daemon thread waits on the
     owner's pidfd (Linux 5.3+; elsewhere it polls once a second) and exits the process."""
     try:
-        fd = os.pidfd_open(owner)
+        fd = lifelines.pidfd(owner)
     except ProcessLookupError:
         os._exit(1)  # already gone
-    except (AttributeError, OSError):  # no pidfd here
-        fd = None
-    threading.Thread(target=_wait_for_exit, args=(owner, fd), name="exit-with-owner", daemon=True).start()
+    threading.Thread(target=_exit_after, args=(owner, fd), name="exit-with-owner", daemon=True).start()
 
 
-def _wait_for_exit(owner: int, fd: int | None) -> None:
-    import select
-
-    if fd is not None:
-        select.select([fd], [], [])  # readable once the owner has exited
-    else:
-        while _exists(owner):
-            time.sleep(1.0)
+def _exit_after(owner: int, fd: int | None) -> None:
+    lifelines.wait_for_exit(owner, fd)
     os._exit(1)
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:  # gone, or (PermissionError) its number now belongs to someone else's
-        return False
-    return True
 
 
 def _prepare_job(data: bytes, uri: str, digest: str, template_name: str, opt: ReadOptions

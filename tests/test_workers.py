@@ -319,14 +319,12 @@ def test_sigterm_mid_run_leaves_no_process_behind_and_the_next_run_reads_the_res
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
-def test_sigkill_mid_run_leaves_no_worker_behind_and_the_next_run_reads_the_rest(reading_env: Path):
-    """A SIGKILL (the OOM killer) cannot be handled; the workers then end themselves, and the
-    fork server and resource tracker follow (before, all four lived on for ever: a worker
-    blocked sending its result). With the session's Prefect API, so that no temporary server
-    (which would outlive it) is started. The next run reads the scans it did not store."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+def test_sigkill_mid_run_leaves_no_process_behind_and_the_next_run_reads_the_rest(reading_env: Path):
+    """A SIGKILL (the OOM killer) cannot be handled; the workers then end themselves, the fork
+    server and resource tracker follow, and the reaper stops the temporary Prefect server
+    (before, all of them lived on for ever: a worker blocked sending its result, the server
+    unaware). The next run reads the scans it did not store."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # its own temporary server
     code, left, first = _stop_mid_run(reading_env, signal.SIGKILL, env)
     assert code == -signal.SIGKILL
     assert not left, "processes left behind after SIGKILL"
