@@ -153,9 +153,12 @@ def _hypothesis_score(seg: Segmentation, top: np.ndarray) -> Callable[[list[int]
     logp = np.log(top.clip(1e-9, 1.0))
     wide = [max(0.0, w / max(1, h) - WIDE_FROM) for _, _, w, h in seg.boxes] if seg.boxes else []
 
+    costs = seg.costs
+
     def score(h: list[int]) -> float:
         width_cost = WIDE_PENALTY * sum(wide[i] for i in h) if wide else 0.0
-        return float(logp[h].sum()) - SPLIT_PENALTY * (len(h) - 1) - width_cost
+        extra = costs.get(h[0], 0.0) if costs else 0.0
+        return float(logp[h].sum()) - SPLIT_PENALTY * (len(h) - 1) - width_cost - extra
 
     return score
 
@@ -204,7 +207,8 @@ def _number_candidates(seg: Segmentation, top_of: list[list[int]], p_of: list[li
                 if alt is best:
                     continue
                 swapped = [*chosen[:pos], *alt, *chosen[pos + len(best):]]
-                add(swapped, _split_factor(max(0, len(alt) - 1)))
+                cost = seg.costs.get(alt[0], 0.0) if seg.costs else 0.0
+                add(swapped, _split_factor(max(0, len(alt) - 1)) * (float(np.exp(-cost)) if cost else 1.0))
             pos += len(best)
     ranked = sorted(out.items(), key=itemgetter(1), reverse=True)[:MAX_CANDIDATES]
     return [(v, round(p, 6)) for v, p in ranked]

@@ -57,6 +57,8 @@ class Segmentation:
     groups: list[list[list[int]]] = field(default_factory=list)
     reason: str | None = None
     notes: list[str] = field(default_factory=list)
+    # log-probability cost of a hypothesis (by its first digit index) beyond the split penalty
+    costs: dict[int, float] = field(default_factory=dict)
 
 
 def percentile_u8(img: np.ndarray, q: float) -> float:
@@ -228,11 +230,22 @@ def _merge_groups(stats: list[tuple[int, int, int, int, int, int]]) -> list[list
     return groups
 
 
-def _split_touching(mask: np.ndarray, parts: int, shear: float = 0.0) -> list[np.ndarray]:
+# log-probability cost of reading a blob cut in two at another short column than its shortest
+# (`_split_touching`'s alternatives): the model may prefer it, when its pieces read clearly
+# better. Chosen on Danish val with one alternative (costs 0, 0.1, 0.2, 0.3, 0.5, 1: 2,436,
+# 2,435, 2,435, 2,433, 2,433, 2,426 rows right against 2,426 without; ORAND val 75, 78, 79,
+# 79, 79, 78 strings against 77); docs/models.md, session 14
+ALTERNATIVE_CUT_COST = 0.2
+
+
+def _split_touching(mask: np.ndarray, parts: int, shear: float = 0.0, alternatives: int = 0
+                    ) -> list[list[np.ndarray]]:
     """Cut a blob of several touching digits where the ink is shortest (its vertical extent is
     small where two digits join, even when the join itself is thick) near the even splits.
     With a `shear` (the writing's slant, x shift per unit of height), the cuts follow the
-    slant: slanted digits overlap in every upright column."""
+    slant: slanted digits overlap in every upright column. With `alternatives`, a blob cut in
+    two is also cut at up to that many other short columns: ways to read it for the model to
+    choose among. Returns each way's pieces, the shortest cut first."""
     if shear:
         h, w = mask.shape
         extra = int(np.ceil(abs(shear) * h / 2)) + 1
@@ -240,16 +253,18 @@ def _split_touching(mask: np.ndarray, parts: int, shear: float = 0.0) -> list[np
         upright = cv2.warpAffine(mask.astype(np.uint8), m, (w + 2 * extra, h), flags=cv2.INTER_NEAREST)
         cols = np.flatnonzero(upright.any(axis=0))
         if len(cols) == 0:
-            return [mask]
+            return [[mask]]
         x0 = int(cols[0])
-        pieces = _split_touching(upright[:, x0 : cols[-1] + 1], parts)
-        out = []
-        for piece in pieces:
-            full = np.zeros_like(upright)
-            full[:, x0 : x0 + piece.shape[1]] = piece
-            back = cv2.warpAffine(full, m, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
-            out.append(np.where(back > 0, mask, 0).astype(mask.dtype))
-        return out
+        ways = []
+        for pieces in _split_touching(upright[:, x0 : cols[-1] + 1], parts, 0.0, alternatives):
+            out = []
+            for piece in pieces:
+                full = np.zeros_like(upright)
+                full[:, x0 : x0 + piece.shape[1]] = piece
+                back = cv2.warpAffine(full, m, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
+                out.append(np.where(back > 0, mask, 0).astype(mask.dtype))
+            ways.append(out)
+        return ways
     h, w = mask.shape
     rows = np.arange(h)[:, None]
     present = mask > 0
@@ -258,6 +273,7 @@ def _split_touching(mask: np.ndarray, parts: int, shear: float = 0.0) -> list[np
     extent = np.clip(bottom - top + 1, 0, None).astype(np.float64)
     cols = extent + 0.25 * present.sum(axis=0)
     cuts = [0]
+    others: list[int] = []
     for k in range(1, parts):
         centre = k * w / parts
         # wide search: a "1" joined to the next digit is much narrower than an even share
@@ -269,13 +285,26 @@ def _split_touching(mask: np.ndarray, parts: int, shear: float = 0.0) -> list[np
         edge = max(2, int(0.3 * h))
         lo, hi = max(lo, cuts[-1] + edge), min(hi, w - edge)
         cuts.append(lo + int(np.argmin(cols[lo:hi])) if hi > lo else int(centre))
+        if parts == 2 and alternatives and hi - lo > 2:
+            seg = cols[lo:hi]
+            # columns no longer than either neighbour, shortest first, 3 px or more from the cuts
+            # already taken: the far end of the same flat join counts (the valley's first column
+            # alone read 2,429 Danish val rows right, against 2,435)
+            inner = np.flatnonzero((seg[1:-1] <= seg[:-2]) & (seg[1:-1] <= seg[2:])) + 1
+            for i in inner[np.argsort(seg[inner], kind="stable")]:
+                x = lo + int(i)
+                if len(others) < alternatives and all(abs(x - c) > 2 for c in [cuts[-1], *others]):
+                    others.append(x)
     cuts.append(w)
-    out = []
-    for a, b in itertools.pairwise(cuts):
-        piece = np.zeros_like(mask)
-        piece[:, a:b] = mask[:, a:b]
-        out.append(piece)
-    return out
+    ways = []
+    for cut in [cuts, *([0, x, w] for x in others)]:
+        out = []
+        for a, b in itertools.pairwise(cut):
+            piece = np.zeros_like(mask)
+            piece[:, a:b] = mask[:, a:b]
+            out.append(piece)
+        ways.append(out)
+    return ways
 
 
 @dataclass
@@ -302,13 +331,15 @@ def _ink(cell: np.ndarray, pad: int) -> _Ink | Segmentation:
 
 
 def segment_cell(cell: np.ndarray, pad: int, max_digits: int, subbox_edges: list[int] | None = None,
-                 shear: float = 0.0) -> Segmentation:
-    """Find the handwritten digits in one cell crop: empty, a dash, digits, or unreadable."""
+                 shear: float = 0.0, alternative_cuts: int = 0) -> Segmentation:
+    """Find the handwritten digits in one cell crop: empty, a dash, digits, or unreadable. With
+    `alternative_cuts`, a blob of two touching digits is also cut at that many other short
+    columns (at ALTERNATIVE_CUT_COST each), for the model to choose among."""
     ink = _ink(cell, pad)
     if isinstance(ink, Segmentation):
         return ink
     return _segment_ink(ink, rule_lines(ink.binary, pad, subbox_edges or []), pad, max_digits,
-                        subbox_edges, shear)
+                        subbox_edges, shear, alternative_cuts)
 
 
 def segment_cells(cells: list[np.ndarray], pad: int, max_digits: list[int],
@@ -325,7 +356,7 @@ def segment_cells(cells: list[np.ndarray], pad: int, max_digits: list[int],
 
 
 def _segment_ink(ink: _Ink, lines: np.ndarray, pad: int, max_digits: int,
-                 subbox_edges: list[int] | None, shear: float) -> Segmentation:
+                 subbox_edges: list[int] | None, shear: float, alternative_cuts: int = 0) -> Segmentation:
     """The rest of `segment_cell`, once the cell's ink and its printed rules are known."""
     cell, levels, binary = ink.cell, ink.levels, ink.binary
     h, w = cell.shape
@@ -403,8 +434,11 @@ def _segment_ink(ink: _Ink, lines: np.ndarray, pad: int, max_digits: int,
             seg.notes.append("dropped a flat mark (a dash beside the digits)")
             continue
         hypotheses = []
-        for parts in candidate_splits(bw, bh, tallest, max_digits, bool(subbox_edges)):
-            pieces = _split_touching(sub, parts, shear) if parts > 1 else [sub]
+        ways = [(parts, rank, pieces)
+                for parts in candidate_splits(bw, bh, tallest, max_digits, bool(subbox_edges))
+                for rank, pieces in enumerate(
+                    _split_touching(sub, parts, shear, alternative_cuts) if parts > 1 else [[sub]])]
+        for parts, rank, pieces in ways:
             idx = []
             for piece in pieces:
                 x0, y0, pw, ph = cv2.boundingRect(piece.view(np.uint8))  # of its ink
@@ -417,6 +451,8 @@ def _segment_ink(ink: _Ink, lines: np.ndarray, pad: int, max_digits: int,
                 seg.boxes.append((int(bx + x0), int(by + y0), int(x1 - x0), int(y1 - y0)))
             if idx:
                 hypotheses.append(idx)
+                if rank:  # not the shortest cut
+                    seg.costs[idx[0]] = ALTERNATIVE_CUT_COST
         if hypotheses:
             seg.groups.append(hypotheses)
     if not seg.digits:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.compose import compose, contenders, contenders_of
+from tasks.compose import SPLIT_PENALTY, compose, contenders, contenders_of
 from tasks.scoring import Scored, digit_pairs, score_cells
 from tasks.segment import Segmentation
 
@@ -39,6 +39,29 @@ def test_a_mark_much_wider_than_tall_is_read_as_touching_digits_unless_the_whole
     certain[0] = onehot([0], 0.999)[0]
     certain[1:] = onehot([2, 1], 0.3)
     assert compose(wide, certain, 3, 0.5).digits == "0"  # a wide 0 stays one digit
+
+
+def test_a_pair_cut_at_another_column_pays_its_cost():
+    """Two cuts of one blob into two digits: the second (not the shortest column) wins only
+    when its digits read better by more than ALTERNATIVE_CUT_COST."""
+    from tasks.segment import ALTERNATIVE_CUT_COST
+
+    def seg(costs):
+        return Segmentation("digits", digits=[None] * 5, groups=[[[0], [1, 2], [3, 4]]], costs=costs)
+
+    probs = onehot([8, 3, 5, 3, 0], 0.9)
+    probs[0] = onehot([8], 0.3)[0]
+    p_other = float(np.exp(ALTERNATIVE_CUT_COST / 2)) * 0.9 / 1.01  # surer, not by enough
+    probs[3:] = onehot([3, 0], min(0.999, p_other))
+    assert compose(seg({}), probs, 3, 0.5).digits == "30"  # without the cost the other cut wins
+    r = compose(seg({3: ALTERNATIVE_CUT_COST}), probs, 3, 0.5)
+    assert r.digits == "35" and r.chosen == [1, 2]
+    cands = dict(r.candidates)
+    # the other reading's candidate pays the split penalty and the cut's cost
+    assert cands[35] == pytest.approx(0.9 * 0.9, rel=1e-3)
+    assert cands[30] == pytest.approx(p_other**2 * np.exp(-SPLIT_PENALTY - ALTERNATIVE_CUT_COST), rel=1e-3)
+    probs[3:] = onehot([3, 0], 0.999)
+    assert compose(seg({3: ALTERNATIVE_CUT_COST}), probs, 3, 0.5).digits == "30"
 
 
 def test_contenders_are_the_readings_still_in_play():

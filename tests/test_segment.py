@@ -4,6 +4,8 @@ import cv2
 import numpy as np
 
 from tasks.segment import (
+    ALTERNATIVE_CUT_COST,
+    _split_touching,
     candidate_splits,
     crop_cell,
     one_stroke,
@@ -368,3 +370,33 @@ def test_cells_segmented_together_are_segmented_as_one_by_one():
         assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
         assert all(np.array_equal(x, y) for x, y in zip(a.digits, b.digits, strict=True))
     assert all(np.array_equal(c, b) for c, b in zip(cells, before, strict=True))  # crops untouched
+
+
+def test_a_pair_is_also_cut_at_another_short_column_when_asked():
+    mask = np.zeros((40, 60), np.uint8)
+    mask[:, :20] = 1
+    mask[15:25, 20] = 1  # a thin join, 10 px tall: the shortest column
+    mask[:, 21:34] = 1
+    mask[10:30, 34:38] = 1  # a thicker one, 20 px tall
+    mask[:, 38:] = 1
+    (first,) = _split_touching(mask, 2)
+    assert [np.flatnonzero(p.any(axis=0))[[0, -1]].tolist() for p in first] == [[0, 19], [20, 59]]
+    ways = _split_touching(mask, 2, alternatives=1)
+    assert len(ways) == 2 and all((a == b).all() for a, b in zip(ways[0], first, strict=True))
+    assert [np.flatnonzero(p.any(axis=0))[[0, -1]].tolist() for p in ways[1]] == [[0, 33], [34, 59]]
+    for way in ways:  # each way parts the whole blob
+        assert (sum(p.astype(int) for p in way) == mask).all()
+    assert len(_split_touching(mask, 3, alternatives=1)) == 1  # only pairs get alternatives
+
+
+def test_alternative_cuts_are_extra_hypotheses_with_their_cost():
+    img = blank()
+    zero(img, 100, 38)
+    zero(img, 122, 38)  # two touching zeros
+    plain = segment_cell(img, PAD, 3)
+    more = segment_cell(img, PAD, 3, alternative_cuts=1)
+    assert plain.costs == {}
+    extra = [h for h in more.groups[0] if more.costs.get(h[0])]
+    assert len(more.groups[0]) == len(plain.groups[0]) + 1 and len(extra) == 1 and len(extra[0]) == 2
+    assert more.costs == {extra[0][0]: ALTERNATIVE_CUT_COST}
+    assert [h for h in more.groups[0] if h is not extra[0]] == plain.groups[0]
