@@ -286,12 +286,12 @@ def _split_touching(mask: np.ndarray, parts: int, shear: float = 0.0, alternativ
         lo, hi = max(lo, cuts[-1] + edge), min(hi, w - edge)
         cuts.append(lo + int(np.argmin(cols[lo:hi])) if hi > lo else int(centre))
         if parts == 2 and alternatives and hi - lo > 2:
-            seg = cols[lo:hi]
+            window = cols[lo:hi]
             # columns no longer than either neighbour, shortest first, 3 px or more from the cuts
             # already taken: the far end of the same flat join counts (the valley's first column
             # alone read 2,429 Danish val rows right, against 2,435)
-            inner = np.flatnonzero((seg[1:-1] <= seg[:-2]) & (seg[1:-1] <= seg[2:])) + 1
-            for i in inner[np.argsort(seg[inner], kind="stable")]:
+            inner = np.flatnonzero((window[1:-1] <= window[:-2]) & (window[1:-1] <= window[2:])) + 1
+            for i in inner[np.argsort(window[inner], kind="stable")]:
                 x = lo + int(i)
                 if len(others) < alternatives and all(abs(x - c) > 2 for c in [cuts[-1], *others]):
                     others.append(x)
