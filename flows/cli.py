@@ -30,12 +30,12 @@ app = typer.Typer(
 
 
 def _run(job: Callable[[], Any], as_json: bool, render: Callable[[Any], str] | None = None,
-         flows: bool = True) -> Any:
+         runs_flows: bool = True) -> Any:
     """Run a flow; with --json only the JSON result reaches stdout (logs go to stderr). A job
-    that runs `flows` gets its temporary Prefect server (none with PREFECT_API_URL) up front,
+    that `runs_flows` gets its temporary Prefect server (none with PREFECT_API_URL) up front,
     with a reaper that stops it if this process is killed."""
     try:
-        if flows:
+        if runs_flows:
             from tasks.prefect_utils import temporary_server_reaped
 
             temporary_server_reaped()
@@ -130,7 +130,7 @@ def draw_template_cmd(
         write_bytes(out, png.tobytes(), settings)
         return {"scan": scan, "template": tpl.name, "cells": len(tpl.cells), "out": out}
 
-    _run(job, as_json=False, flows=False)
+    _run(job, as_json=False, runs_flows=False)
 
 
 @app.command("load-results")
@@ -161,7 +161,7 @@ def load_results(
         migrate(url)
         return store_labels(url, labels, tpl, source=csv_file, create_mesas=create_mesas)
 
-    _run(job, as_json=False, flows=False)
+    _run(job, as_json=False, runs_flows=False)
 
 
 @app.command("evaluate-cells")
@@ -232,7 +232,7 @@ def contact_sheet_cmd(
         write_bytes(out, png.tobytes(), settings)
         return {"out": out, "generated": count, "real": len(real[:1])}
 
-    _run(job, as_json=False, flows=False)
+    _run(job, as_json=False, runs_flows=False)
 
 
 @app.command("read-telegram")
