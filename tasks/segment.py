@@ -293,8 +293,10 @@ def _split_touching(mask: np.ndarray, parts: int, shear: float = 0.0, alternativ
             inner = np.flatnonzero((window[1:-1] <= window[:-2]) & (window[1:-1] <= window[2:])) + 1
             for i in inner[np.argsort(window[inner], kind="stable")]:
                 x = lo + int(i)
-                if len(others) < alternatives and all(abs(x - c) > 2 for c in [cuts[-1], *others]):
+                if all(abs(x - c) > 2 for c in [cuts[-1], *others]):
                     others.append(x)
+                    if len(others) == alternatives:
+                        break
     cuts.append(w)
     ways = []
     for cut in [cuts, *([0, x, w] for x in others)]:
