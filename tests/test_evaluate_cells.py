@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from tasks.cell_reader import (
+    TIGHT_SPLIT_COST,
     clean_margins,
     keep_writing,
     likelier,
@@ -46,6 +47,14 @@ def test_black_scanner_margin_is_painted_white():
     assert out[:, :25].min() == 255 and out[30, 50] < 60
 
 
+def test_dark_writing_touching_the_edge_of_the_crop_is_not_a_scanner_margin():
+    img = np.full((60, 100), 200, np.uint8)
+    cv2.line(img, (30, 0), (30, 50), 10, 9)  # a felt-pen stroke running off the top edge
+    cv2.line(img, (30, 0), (60, 0), 10, 9)
+    out = clean_margins(img)
+    assert out[20:50, 27:34].max() < 60  # kept: it runs along a fifth of the top, not half
+
+
 def _cheque_amount() -> tuple[np.ndarray, list[int]]:
     """'104' written to fill the height of a grey, grainy, cheque-like strip, and the centre
     column of each digit."""
@@ -73,6 +82,22 @@ def test_a_tight_crop_keeps_digits_that_fill_its_height():
     cv2.line(loose, (130, 0), (130, 199), 20, 3)
     cv2.putText(loose, "27", (40, 110), cv2.FONT_HERSHEY_SIMPLEX, 0.9, 20, 2)
     assert not writing_fills_crop(loose)
+
+
+def test_in_a_tight_crop_reading_a_blob_as_touching_digits_costs_more():
+    rng = np.random.default_rng(5)
+    joined = (175 + rng.normal(0, 4, (56, 150))).clip(0, 255).astype(np.uint8)
+    for x in (50, 80):  # "00" written joined, filling the crop's height
+        cv2.ellipse(joined, (x, 28), (15, 22), 0, 0, 360, 35, 4)
+    assert writing_fills_crop(joined)
+    seg = prepare_cell(joined, 6)
+    splits = [h for g in seg.groups for h in g if len(h) > 1]
+    assert splits and all(seg.costs.get(h[0], 0.0) >= TIGHT_SPLIT_COST * (len(h) - 1) for h in splits)
+    roomy = cv2.copyMakeBorder(joined, 60, 60, 60, 60, cv2.BORDER_CONSTANT, value=230)
+    assert not writing_fills_crop(roomy)  # the same blob in a loose crop: no such charge
+    seg = prepare_cell(roomy, 6)
+    splits = [h for g in seg.groups for h in g if len(h) > 1]
+    assert splits and all(seg.costs.get(h[0], 0.0) < TIGHT_SPLIT_COST for h in splits)
 
 
 def test_a_broken_ruling_line_is_not_taken_for_the_writing():
@@ -282,3 +307,16 @@ def test_a_fine_nibs_digits_in_a_real_register_are_kept_whole(shared_data):
         assert gray is not None
         ys = np.nonzero(keep_writing(clean_margins(gray)) < 128)[0]
         assert ys.max() - ys.min() + 1 >= 17, row
+
+
+def test_a_cheques_tall_1s_are_not_taken_for_ruling_lines(shared_data):
+    """ORAND train, "21312" in felt pen: both "1"s span 0.9 of the tight crop's height (the
+    labelled boxes put them at columns 45-53 and 106-114). Taken for vertical rules, they were
+    removed and the number read "2312"."""
+    root = shared_data / "orand_car_a" / "images" / "train2017"
+    gray = cv2.imread(str(root / "a_car_000996_png.rf.5605b9c391e7bbbcde4208c5fed27df4.jpg"),
+                      cv2.IMREAD_GRAYSCALE)
+    assert gray is not None and writing_fills_crop(clean_margins(gray))
+    centres = [bx - 8 + bw / 2 for bx, _, bw, _ in prepare_cell(gray, 6).boxes]  # framed: +8
+    for x0, x1 in ((45, 53), (106, 114)):
+        assert any(x0 <= c <= x1 for c in centres), (x0, centres)
