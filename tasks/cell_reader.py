@@ -281,6 +281,8 @@ TIGHT_SPLIT_COST = 0.25
 # at the speed issue #7 measures. Chosen on Danish val (ORAND val watched): 1 alternative
 # 2,435 rows right, 2: 2,432, 3: 2,431, none: 2,426 (docs/models.md, session 14)
 ALTERNATIVE_CUTS = 1
+# and two neighbouring marks as one digit (segment.MERGE_WIDTH says which, and why): only here
+MERGE_PIECES = True
 
 
 def slant_of(clean: np.ndarray, shears: np.ndarray = SHEARS) -> float:
@@ -321,7 +323,7 @@ def prepare_cell_versions(gray: np.ndarray, max_digits: int, without_underlines:
         framed = cv2.copyMakeBorder(clean, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
         framed[:PAD], framed[-PAD:], framed[:, :PAD], framed[:, -PAD:] = 255, 255, 255, 255
         seg = segment_cell(framed, PAD, max_digits, shear=SLANT_SHARE * slant_of(clean),
-                           alternative_cuts=ALTERNATIVE_CUTS)
+                           alternative_cuts=ALTERNATIVE_CUTS, merge_pieces=MERGE_PIECES)
         if tight:
             _charge_splits(seg, TIGHT_SPLIT_COST)
         segs.append(seg)
@@ -332,8 +334,9 @@ def _charge_splits(seg: Segmentation, cost: float) -> None:
     """Add `cost` per extra digit to every reading of a blob as touching digits."""
     for hypotheses in seg.groups:
         for h in hypotheses:
-            if len(h) > 1:
-                seg.costs[h[0]] = seg.costs.get(h[0], 0.0) + cost * (len(h) - 1)
+            extra = len(h) - 1 - (tuple(h) in seg.apart)
+            if extra > 0:
+                seg.costs[tuple(h)] = seg.costs.get(tuple(h), 0.0) + cost * extra
 
 
 def prepare_cell(gray: np.ndarray, max_digits: int) -> Segmentation:

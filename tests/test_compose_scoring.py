@@ -54,14 +54,33 @@ def test_a_pair_cut_at_another_column_pays_its_cost():
     p_other = float(np.exp(ALTERNATIVE_CUT_COST / 2)) * 0.9 / 1.01  # surer, not by enough
     probs[3:] = onehot([3, 0], min(0.999, p_other))
     assert compose(seg({}), probs, 3, 0.5).digits == "30"  # without the cost the other cut wins
-    r = compose(seg({3: ALTERNATIVE_CUT_COST}), probs, 3, 0.5)
+    r = compose(seg({(3, 4): ALTERNATIVE_CUT_COST}), probs, 3, 0.5)
     assert r.digits == "35" and r.chosen == [1, 2]
     cands = dict(r.candidates)
     # the other reading's candidate pays the split penalty and the cut's cost
     assert cands[35] == pytest.approx(0.9 * 0.9, rel=1e-3)
     assert cands[30] == pytest.approx(p_other**2 * np.exp(-SPLIT_PENALTY - ALTERNATIVE_CUT_COST), rel=1e-3)
     probs[3:] = onehot([3, 0], 0.999)
-    assert compose(seg({3: ALTERNATIVE_CUT_COST}), probs, 3, 0.5).digits == "30"
+    assert compose(seg({(3, 4): ALTERNATIVE_CUT_COST}), probs, 3, 0.5).digits == "30"
+
+
+def test_two_marks_read_apart_pay_no_split_penalty_and_read_as_one_pay_the_merge_cost():
+    """A broken "0": its halves (images 0, 1) are two marks, not a split blob; read as one
+    (image 2) it costs MERGE_COST."""
+    from tasks.segment import MERGE_COST
+
+    seg = Segmentation("digits", digits=[None] * 3, groups=[[[2], [0, 1]]], apart={(0, 1)},
+                       costs={(2,): MERGE_COST})
+    probs = onehot([1, 1, 0], 0.8)
+    probs[2] = onehot([0], 0.9)[0]
+    # 2 log 0.8 = -0.45 beats log 0.9 - 0.5 = -0.61; with a split penalty it would not (-0.80)
+    r = compose(seg, probs, 3, 0.5)
+    assert r.digits == "11" and r.reason is None  # nothing was split
+    cands = dict(r.candidates)
+    assert cands[11] == pytest.approx(0.8 * 0.8, rel=1e-3)
+    assert cands[0] == pytest.approx(0.9 * np.exp(-MERGE_COST), rel=1e-3)
+    probs[:2] = onehot([1, 1], 0.6)  # halves read worse: the whole 0 wins
+    assert compose(seg, probs, 3, 0.5).digits == "0"
 
 
 def test_contenders_are_the_readings_still_in_play():

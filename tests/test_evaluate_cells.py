@@ -92,12 +92,12 @@ def test_in_a_tight_crop_reading_a_blob_as_touching_digits_costs_more():
     assert writing_fills_crop(joined)
     seg = prepare_cell(joined, 6)
     splits = [h for g in seg.groups for h in g if len(h) > 1]
-    assert splits and all(seg.costs.get(h[0], 0.0) >= TIGHT_SPLIT_COST * (len(h) - 1) for h in splits)
+    assert splits and all(seg.costs.get(tuple(h), 0.0) >= TIGHT_SPLIT_COST * (len(h) - 1) for h in splits)
     roomy = cv2.copyMakeBorder(joined, 60, 60, 60, 60, cv2.BORDER_CONSTANT, value=230)
     assert not writing_fills_crop(roomy)  # the same blob in a loose crop: no such charge
     seg = prepare_cell(roomy, 6)
     splits = [h for g in seg.groups for h in g if len(h) > 1]
-    assert splits and all(seg.costs.get(h[0], 0.0) < TIGHT_SPLIT_COST for h in splits)
+    assert splits and all(seg.costs.get(tuple(h), 0.0) < TIGHT_SPLIT_COST for h in splits)
 
 
 def test_a_broken_ruling_line_is_not_taken_for_the_writing():

@@ -2,9 +2,11 @@
 
 import cv2
 import numpy as np
+import pytest
 
 from tasks.segment import (
     ALTERNATIVE_CUT_COST,
+    MERGE_COST,
     _split_touching,
     candidate_splits,
     crop_cell,
@@ -396,7 +398,24 @@ def test_alternative_cuts_are_extra_hypotheses_with_their_cost():
     plain = segment_cell(img, PAD, 3)
     more = segment_cell(img, PAD, 3, alternative_cuts=1)
     assert plain.costs == {}
-    extra = [h for h in more.groups[0] if more.costs.get(h[0])]
+    extra = [h for h in more.groups[0] if more.costs.get(tuple(h))]
     assert len(more.groups[0]) == len(plain.groups[0]) + 1 and len(extra) == 1 and len(extra[0]) == 2
-    assert more.costs == {extra[0][0]: ALTERNATIVE_CUT_COST}
+    assert more.costs == {tuple(extra[0]): ALTERNATIVE_CUT_COST}
     assert [h for h in more.groups[0] if h is not extra[0]] == plain.groups[0]
+
+
+def test_neighbouring_marks_are_also_read_as_one_digit_when_asked():
+    img = blank()
+    cv2.ellipse(img, (110, 38), (11, 18), 0, 105, 255, 0, 4)  # a "0" broken at top and bottom
+    cv2.ellipse(img, (110, 38), (11, 18), 0, -75, 75, 0, 4)
+    cv2.line(img, (150, 20), (150, 56), 0, 4)  # a "1" apart from it
+    plain = segment_cell(img, PAD, 3)
+    assert [len(g) for g in plain.groups] == [1, 1, 1]  # two halves and the 1, one way each
+    more = segment_cell(img, PAD, 3, merge_pieces=True)
+    assert len(more.groups) == 2 and len(more.groups[1]) == 1  # the 1 stands apart: read alone
+    whole, *apart = more.groups[0]
+    assert len(whole) == 1 and apart == [[0, 1]] and more.apart == {(0, 1)}
+    x, _, w, _ = more.boxes[whole[0]]
+    assert x <= 110 - 11 and x + w >= 110 + 11  # the whole 0
+    assert more.costs == {tuple(whole): MERGE_COST}
+    assert more.digits[whole[0]].sum() == pytest.approx(more.digits[0].sum() + more.digits[1].sum())
