@@ -281,8 +281,10 @@ TIGHT_SPLIT_COST = 0.25
 # at the speed issue #7 measures. Chosen on Danish val (ORAND val watched): 1 alternative
 # 2,435 rows right, 2: 2,432, 3: 2,431, none: 2,426 (docs/models.md, session 14)
 ALTERNATIVE_CUTS = 1
-# and two neighbouring marks as one digit (segment.MERGE_WIDTH says which, and why): only here
+# and two neighbouring marks as one digit (segment.MERGE_WIDTH says which, and why), and a short
+# last mark as punctuation (segment.TRAIL_SHORT): only here
 MERGE_PIECES = True
+OPTIONAL_END = True
 
 
 def slant_of(clean: np.ndarray, shears: np.ndarray = SHEARS) -> float:
@@ -323,7 +325,8 @@ def prepare_cell_versions(gray: np.ndarray, max_digits: int, without_underlines:
         framed = cv2.copyMakeBorder(clean, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
         framed[:PAD], framed[-PAD:], framed[:, :PAD], framed[:, -PAD:] = 255, 255, 255, 255
         seg = segment_cell(framed, PAD, max_digits, shear=SLANT_SHARE * slant_of(clean),
-                           alternative_cuts=ALTERNATIVE_CUTS, merge_pieces=MERGE_PIECES)
+                           alternative_cuts=ALTERNATIVE_CUTS, merge_pieces=MERGE_PIECES,
+                           optional_end=OPTIONAL_END)
         if tight:
             _charge_splits(seg, TIGHT_SPLIT_COST)
         segs.append(seg)

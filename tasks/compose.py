@@ -120,7 +120,7 @@ def _choose_hypotheses(seg: Segmentation, top: np.ndarray) -> tuple[list[int], i
 
 def _extra_digits(h: list[int], apart: set[tuple[int, ...]]) -> int:
     """How many more digits than marks a hypothesis reads: what its split penalty is for."""
-    return len(h) - 1 - (1 if apart and tuple(h) in apart else 0)
+    return max(0, len(h) - 1 - (1 if apart and tuple(h) in apart else 0))
 
 
 def contenders(seg: Segmentation, top: np.ndarray, margin: float) -> np.ndarray:

@@ -83,6 +83,19 @@ def test_two_marks_read_apart_pay_no_split_penalty_and_read_as_one_pay_the_merge
     assert compose(seg, probs, 3, 0.5).digits == "0"
 
 
+def test_a_short_last_mark_is_dropped_when_the_model_doubts_it_is_a_digit():
+    from tasks.segment import TRAIL_COST
+
+    seg = Segmentation("digits", digits=[None] * 2, groups=[[[0]], [[1], []]], costs={(): TRAIL_COST})
+    probs = onehot([8, 2], 0.99)
+    probs[1] = onehot([2], 0.6)[0]  # "=" read as a doubtful 2
+    r = compose(seg, probs, 4, 0.5)
+    assert r.digits == "8" and r.chosen == [0]
+    assert dict(r.candidates)[82] == pytest.approx(0.99 * 0.6, rel=1e-3)  # still a candidate
+    probs[1] = onehot([2], 0.95)[0]  # a clear digit stays
+    assert compose(seg, probs, 4, 0.5).digits == "82"
+
+
 def test_contenders_are_the_readings_still_in_play():
     # blob 1: read whole (image 0) or as two (1, 2); blob 2 only one way (image 3)
     seg = Segmentation("digits", digits=[None] * 4, groups=[[[0], [1, 2]], [[3]]],

@@ -7,6 +7,7 @@ import pytest
 from tasks.segment import (
     ALTERNATIVE_CUT_COST,
     MERGE_COST,
+    TRAIL_COST,
     _split_touching,
     candidate_splits,
     crop_cell,
@@ -419,3 +420,19 @@ def test_neighbouring_marks_are_also_read_as_one_digit_when_asked():
     assert x <= 110 - 11 and x + w >= 110 + 11  # the whole 0
     assert more.costs == {tuple(whole): MERGE_COST}
     assert more.digits[whole[0]].sum() == pytest.approx(more.digits[0].sum() + more.digits[1].sum())
+
+
+def test_a_short_last_mark_may_also_be_read_as_no_digit_when_asked():
+    img = blank()
+    cv2.putText(img, "12", (60, 56), cv2.FONT_HERSHEY_SIMPLEX, 1.3, 0, 3)
+    cv2.line(img, (140, 36), (150, 36), 0, 3)  # a cheque's "=" after the amount
+    cv2.line(img, (140, 43), (150, 43), 0, 3)
+    plain = segment_cell(img, PAD, 4)
+    assert all(h for g in plain.groups for h in g)
+    more = segment_cell(img, PAD, 4, optional_end=True)
+    assert more.groups[-1][-1] == [] and more.costs[()] == TRAIL_COST
+    assert all(h for g in more.groups[:-1] for h in g)  # only the last mark
+    assert more.groups[-1][:-1] == plain.groups[-1]
+    tall = blank()  # a last mark as tall as the rest is a digit, no choice about it
+    cv2.putText(tall, "121", (60, 56), cv2.FONT_HERSHEY_SIMPLEX, 1.3, 0, 3)
+    assert all(h for g in segment_cell(tall, PAD, 4, optional_end=True).groups for h in g)
