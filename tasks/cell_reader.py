@@ -337,8 +337,8 @@ def _charge_splits(seg: Segmentation, cost: float) -> None:
     """Add `cost` per extra digit to every reading of a blob as touching digits."""
     for hypotheses in seg.groups:
         for h in hypotheses:
-            extra = len(h) - 1 - (tuple(h) in seg.apart)
-            if extra > 0:
+            extra = seg.extra_digits(h)
+            if extra:
                 seg.costs[tuple(h)] = seg.costs.get(tuple(h), 0.0) + cost * extra
 
 

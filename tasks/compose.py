@@ -114,13 +114,8 @@ def _choose_hypotheses(seg: Segmentation, top: np.ndarray) -> tuple[list[int], i
         else:
             best = hypotheses[0]
         chosen.extend(best)
-        splits += _extra_digits(best, seg.apart) > 0
+        splits += seg.extra_digits(best) > 0
     return chosen, splits
-
-
-def _extra_digits(h: list[int], apart: set[tuple[int, ...]]) -> int:
-    """How many more digits than marks a hypothesis reads: what its split penalty is for."""
-    return max(0, len(h) - 1 - (1 if apart and tuple(h) in apart else 0))
 
 
 def contenders(seg: Segmentation, top: np.ndarray, margin: float) -> np.ndarray:
@@ -158,12 +153,12 @@ def _hypothesis_score(seg: Segmentation, top: np.ndarray) -> Callable[[list[int]
     logp = np.log(top.clip(1e-9, 1.0))
     wide = [max(0.0, w / max(1, h) - WIDE_FROM) for _, _, w, h in seg.boxes] if seg.boxes else []
 
-    costs, apart = seg.costs, seg.apart
+    costs, extra_digits = seg.costs, seg.extra_digits
 
     def score(h: list[int]) -> float:
         width_cost = WIDE_PENALTY * sum(wide[i] for i in h) if wide else 0.0
         extra = costs.get(tuple(h), 0.0) if costs else 0.0
-        return float(logp[h].sum()) - SPLIT_PENALTY * _extra_digits(h, apart) - width_cost - extra
+        return float(logp[h].sum()) - SPLIT_PENALTY * extra_digits(h) - width_cost - extra
 
     return score
 
@@ -213,7 +208,7 @@ def _number_candidates(seg: Segmentation, top_of: list[list[int]], p_of: list[li
                     continue
                 swapped = [*chosen[:pos], *alt, *chosen[pos + len(best):]]
                 cost = seg.costs.get(tuple(alt), 0.0) if seg.costs else 0.0
-                add(swapped, _split_factor(_extra_digits(alt, seg.apart))
+                add(swapped, _split_factor(seg.extra_digits(alt))
                     * (float(np.exp(-cost)) if cost else 1.0))
             pos += len(best)
     ranked = sorted(out.items(), key=itemgetter(1), reverse=True)[:MAX_CANDIDATES]

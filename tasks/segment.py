@@ -63,6 +63,10 @@ class Segmentation:
     # no split, so it pays no split penalty
     apart: set[tuple[int, ...]] = field(default_factory=set)
 
+    def extra_digits(self, h: list[int]) -> int:
+        """How many more digits than marks a hypothesis reads: what a split penalty is for."""
+        return max(0, len(h) - 1 - (1 if self.apart and tuple(h) in self.apart else 0))
+
 
 def percentile_u8(img: np.ndarray, q: float) -> float:
     """`np.percentile(img.astype(np.float32), q)` for an 8-bit image, from its histogram: the
