@@ -35,8 +35,9 @@ lint: venv
 clean:
 	rm -rf .cifras .pytest_cache
 
-# The development model registry (v1-v6, champion v6) rebuilt from the shared handwriting:
-# about an hour. MODELS_DIR is where it goes.
+# The development model registry rebuilt from the shared handwriting: v1-v6, then one
+# fine-tuning round per tag in ROUNDS (default e f g h), each promoted only by the rule, until
+# the rule refuses one. 45-85 minutes to v6, ~5 minutes a round. MODELS_DIR is where it goes.
 MODELS_DIR ?= .cifras/models
 models: venv
 	CIFRAS_DATA_DIR=$(abspath $(MODELS_DIR)) PATH=$(abspath $(BIN)):$$PATH bash deploy/rebuild-models.sh
