@@ -61,12 +61,12 @@ def test_api_server_cpu_counts_only_this_process_prefect_server_child():
         other.wait()
 
 
-@pytest.mark.slow
 def _ratio_of_rounded(wall: float, decode: float, ratio: float) -> bool:
     """Whether `ratio` (rounded to 0.01) is wall / decode, both given rounded to 0.01 s."""
     return wall / (decode + 0.006) - 0.01 <= ratio <= wall / max(decode - 0.006, 1e-3) + 0.01
 
 
+@pytest.mark.slow
 def test_bench_reads_a_few_telegrams_and_brackets_the_ingest_with_decode_passes(reading_env, tmp_path):
     from flows.bench import run_bench
 
@@ -99,6 +99,29 @@ def test_bench_repeats_report_the_median_run_and_every_repeat(reading_env, tmp_p
     assert out["wall_s"] == median["wall_s"] and out["decode_only_s"] == median["decode_only_s"]
     # each run's digits are counted before the next forced run replaces its readings
     assert out["digits_per_s"] > 0 and all(r["digits_per_s"] > 0 for r in reps)
+
+
+@pytest.mark.slow
+def test_after_repeats_tesseract_reads_the_cells_that_are_still_stored(reading_env, tmp_path, monkeypatch):
+    """The median run's readings are replaced by the later repeats: the baseline must still
+    find the cells and their labels (session 16 printed a baseline of 0 cells)."""
+    from flows import bench
+    from tasks import tesseract
+
+    if tesseract.tesseract_binary() is None:
+        pytest.skip("tesseract not installed")
+    # the inference comparison is tested above and costs a minute on all of MNIST test
+    monkeypatch.setattr(bench, "inference_backends", lambda *a, **k: {"onnxruntime": {}})
+    # floors growing tenfold make the ratios fall run after run: the median is the second run,
+    # never the last, whose readings alone are still stored
+    floors = iter([(10.0**k, 10.0**k) for k in range(4)])
+    monkeypatch.setattr(bench, "_decode_floor", lambda files: next(floors))
+    out = bench.run_bench(count=2, data_dir=str(tmp_path / "bench"), baselines=True, repeat=3)
+    assert out["wall_s"] == out["repeats"][1]["wall_s"]
+    assert "error" not in out["tesseract"], out["tesseract"]
+    assert out["tesseract"]["cells"] == 2 * 31  # every cell of both scans has an official result
+    assert 0 <= out["tesseract"]["number_accuracy"] <= 1
+    assert out["tesseract"]["cifras_number_accuracy"] is not None
 
 
 INTEL = """processor\t: 0
