@@ -23,15 +23,18 @@ def _rate(n: int, seconds: float) -> float:
     return round(n / seconds, 1) if seconds > 0 else float("inf")
 
 
-def inference_backends(model, x: np.ndarray, batch: int = 1024, onnx_model=None,
+def inference_backends(model, x: np.ndarray, batch: int = 1024, onnx_model=None, winograd_model=None,
                        pipeline_model=None, reps: int = 5) -> dict[str, dict]:
     """Keras predict (at `batch`, and at its default batch of 32, the way `model.predict(x)` is
-    usually called), a direct call, ONNX Runtime and the pipeline's own path on the same
-    inputs; each with its argmax agreement with Keras predict. `onnx_model` is the export
-    logged in MLflow; without one the Keras model is exported here.
+    usually called), a direct call, ONNX Runtime on Keras' export and on the Winograd graph, and
+    the pipeline's own path on the same inputs; each with its argmax agreement with Keras
+    predict. `onnx_model` / `winograd_model` are the exports logged in MLflow; without them the
+    Keras model is exported here.
 
     Throughput is the best of `reps` passes over `x`, the backends taking turns pass by pass,
     so that the load of a shared machine falls on all of them alike."""
+    from tasks.winograd import winograd_onnx
+
     out: dict[str, dict] = {}
     fns = {"keras_predict": lambda a: model.predict(a, batch_size=batch, verbose=0),
            "keras_predict_default": lambda a: model.predict(a, verbose=0),
@@ -42,7 +45,10 @@ def inference_backends(model, x: np.ndarray, batch: int = 1024, onnx_model=None,
                 path = str(Path(tmp) / "model.onnx")
                 export_onnx(model, path)
                 onnx_model = OnnxModel(Path(path).read_bytes())
+        if winograd_model is None:
+            winograd_model = OnnxModel(winograd_onnx(model.get_weights()), kind="winograd")
         fns["onnxruntime"] = lambda a: predict_proba(onnx_model, a, batch)
+        fns["onnx_winograd"] = lambda a: predict_proba(winograd_model, a, batch)
     except Exception as exc:  # onnxruntime not installed, or export unsupported
         out["onnxruntime"] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
     if pipeline_model is not None:
@@ -232,12 +238,16 @@ def run_bench(count: int = 1000, seed: int = 4242, data_dir: str | None = None,
         client = tracking.configure_mlflow(settings)
         ref = tracking.resolve_model(client, settings.evaluate.model_uri)
         model = tracking.load_keras_model(ref)
-        export = tracking.onnx_export(ref)
-        onnx_model = tracking.load_reader_model(ref, "onnx") if export is not None else None
+        exports = tracking.onnx_exports(ref)
+        logged = {kind: tracking.load_reader_model(ref, kind) if kind in exports else None
+                  for kind in ("onnx", "winograd")}
         pipeline_model = tracking.load_reader_model(ref, settings.read.inference)
-        out["inference"] = inference_backends(model, to_model_input(mnist.test.x), onnx_model=onnx_model,
+        out["inference"] = inference_backends(model, to_model_input(mnist.test.x),
+                                              onnx_model=logged["onnx"], winograd_model=logged["winograd"],
                                               pipeline_model=pipeline_model)
-        out["inference"]["onnxruntime"]["source"] = "mlflow" if export is not None else "exported by bench"
+        for name, kind in (("onnxruntime", "onnx"), ("onnx_winograd", "winograd")):
+            if name in out["inference"]:
+                out["inference"][name]["source"] = "mlflow" if kind in exports else "exported by bench"
         # on the cells of the last ingest: a forced ingest replaces the readings of the one
         # before (one row per cell and model version), so the median run's may be gone, and
         # every repeat reads the same scans with the same model

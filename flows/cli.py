@@ -288,7 +288,8 @@ def export_onnx_cmd(
     model: str = typer.Option(None, help="MLflow model URI (default models:/digit-cnn@champion)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
-    """Give an existing version its verified ONNX export (new versions get one when trained)."""
+    """Give an existing version its verified ONNX exports, plain and Winograd (new versions get
+    both when trained)."""
     from flows.train import attach_onnx_flow
 
     _run(lambda: attach_onnx_flow(model=model), as_json)

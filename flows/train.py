@@ -69,14 +69,15 @@ def train_flow(
         "wall_s": round(wall, 1),
         "augment": augment_name,
         "onnx_verified": onnx_tags.get("onnx_verified") == "true",
+        "winograd_verified": onnx_tags.get("winograd_verified") == "true",
         **registry,
     }
 
 
 @flow(name="attach-onnx", log_prints=True)
 def attach_onnx_flow(model: str | None = None) -> dict:
-    """Export, verify and log ONNX for an existing version (one registered before exports), so
-    that readers can use ONNX Runtime without retraining."""
+    """Export, verify and log the ONNX models for an existing version (one registered before
+    an export existed), so that readers can use them without retraining."""
     settings = load_settings()
     client = tracking.configure_mlflow(settings)
     mnist = load_mnist_task(settings)

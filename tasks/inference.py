@@ -1,23 +1,29 @@
 """Batched digit inference on the reused model, with Keras or ONNX Runtime.
 
-ONNX Runtime runs the same weights 2.4-2.9x faster than Keras `predict` here, so the reader
-uses it when the registered version carries an ONNX export that was checked against Keras
-(same argmax on every MNIST test digit) at registration.
+ONNX Runtime runs the same weights 2.4-2.9x faster than Keras `predict` here, and the
+Winograd graph of the same weights (`tasks.winograd`) another ~1.25x, so the reader uses the
+fastest export the registered version carries that was checked against Keras (same argmax on
+every MNIST test digit) at registration.
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from tasks.model import to_model_input
 
-Backend = Literal["onnx", "keras"]
-InferenceMode = Literal["auto", "onnx", "keras"]
-ONNX_ARTIFACT = "onnx/model.onnx"  # run artifact path, beside the run's Keras model
+Backend = Literal["winograd", "onnx", "keras"]
+InferenceMode = Literal["auto", "winograd", "onnx", "keras"]
+OnnxKind = Literal["winograd", "onnx"]
+ONNX_ARTIFACT = "onnx/model.onnx"  # run artifact paths, beside the run's Keras model
+WINOGRAD_ARTIFACT = "onnx/winograd.onnx"
+# the ONNX exports a version may carry, fastest first; each is tagged `<kind>_artifact`,
+# `<kind>_verified`, ... on the model version
+EXPORT_ARTIFACTS: dict[OnnxKind, str] = {"winograd": WINOGRAD_ARTIFACT, "onnx": ONNX_ARTIFACT}
 
 
 class OnnxModel:
@@ -28,11 +34,13 @@ class OnnxModel:
     shared 2-core machines, MNIST test in turns: 67,000 digits/s this way, against 42,000 for
     one two-thread session on the same runs of 64, 34,000 on runs of 256, and ~23,000 for
     Keras `predict` at batch 1,024. Spinning intra-op threads were slower still under load
-    (~10,000 digits/s at load ~11)."""
+    (~10,000 digits/s at load ~11). The Winograd graph, with many small operators over larger
+    intermediates, is fastest on runs of 32 (AVX-512 EPYC, session 17: 49,000 digits/s on 32,
+    47,000 on 48, 45,000 on 16)."""
 
-    sub_batch = 64
+    SUB_BATCH: ClassVar[dict[str, int]] = {"onnx": 64, "winograd": 32}
 
-    def __init__(self, model: bytes | str, threads: int | None = None) -> None:
+    def __init__(self, model: bytes | str, threads: int | None = None, kind: OnnxKind = "onnx") -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -41,6 +49,8 @@ class OnnxModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.kind: OnnxKind = kind
+        self.sub_batch = self.SUB_BATCH[kind]
         self.workers = max(1, threads or os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
@@ -119,7 +129,11 @@ def second_look(model, x: np.ndarray, probs: np.ndarray, below: float, batch_siz
 
 
 def backend_of(model) -> Backend:
-    return "onnx" if isinstance(model, OnnxModel) else "keras"
+    return model.kind if isinstance(model, OnnxModel) else "keras"
+
+
+BACKEND_NAMES: dict[str, str] = {"winograd": "ONNX Runtime (Winograd graph)", "onnx": "ONNX Runtime",
+                                 "keras": "Keras"}
 
 
 def export_onnx(model, path: str) -> None:
@@ -142,16 +156,22 @@ def onnx_runtime_available() -> bool:
     return True
 
 
-def choose_backend(mode: InferenceMode, logged: bool, verified: bool, runtime: bool) -> Backend:
-    """The reader's backend: `auto` takes ONNX only when the version has an export that was
-    verified against Keras and ONNX Runtime is installed; else Keras (older versions have no
-    export). `onnx` insists, so a missing export is an error rather than a silent slowdown."""
+def choose_backend(mode: InferenceMode, exports: dict[str, bool], runtime: bool) -> Backend:
+    """The reader's backend. `exports`: the ONNX exports the version carries (kind: verified
+    against Keras at registration). `auto` takes the fastest verified export when ONNX Runtime
+    is installed, else Keras (older versions have none). `winograd` or `onnx` insists, so a
+    missing export is an error rather than a silent slowdown."""
     if mode == "keras":
         return "keras"
-    if mode == "onnx":
+    if mode in EXPORT_ARTIFACTS:
         if not runtime:
-            raise RuntimeError("read.inference=onnx but onnxruntime is not installed")
-        if not logged:
-            raise RuntimeError("read.inference=onnx but this model version has no ONNX export")
-        return "onnx"
-    return "onnx" if logged and verified and runtime else "keras"
+            raise RuntimeError(f"read.inference={mode} but onnxruntime is not installed")
+        if mode not in exports:
+            kind = "Winograd ONNX" if mode == "winograd" else "ONNX"
+            raise RuntimeError(f"read.inference={mode} but this model version has no {kind} export")
+        return mode  # type: ignore[return-value]
+    if runtime:
+        for kind in EXPORT_ARTIFACTS:
+            if exports.get(kind):
+                return kind
+    return "keras"

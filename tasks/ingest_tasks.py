@@ -19,7 +19,7 @@ from prefect import task
 
 from tasks import tracking
 from tasks.exports import Misread, collect, shard_payloads
-from tasks.inference import backend_of
+from tasks.inference import BACKEND_NAMES, backend_of
 from tasks.persist import known_scans, persist_chunk
 from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
 from tasks.read import PreparedScan, ReadOptions, ScanReading, infer_and_compose, prepare_pages
@@ -263,6 +263,5 @@ def resolve_model_task(settings: Settings, uri: str) -> tracking.ModelRef:
     client = tracking.configure_mlflow(settings)
     ref = tracking.resolve_model(client, uri)
     model = tracking.load_reader_model(ref, settings.read.inference)  # fail early, warm the cache
-    run_logger().info("reading with %s (%s) on %s", ref.label, uri,
-                      "ONNX Runtime" if backend_of(model) == "onnx" else "Keras")
+    run_logger().info("reading with %s (%s) on %s", ref.label, uri, BACKEND_NAMES[backend_of(model)])
     return ref

@@ -16,7 +16,7 @@ from prefect import task
 from tasks import tracking
 from tasks.augment import get_recipe
 from tasks.digit_data import DigitSet, Mnist, load_digit_set, load_mnist
-from tasks.inference import ONNX_ARTIFACT, predict_proba
+from tasks.inference import predict_proba
 from tasks.ingest_tasks import read_options
 from tasks.metrics import digit_metrics, save_confusion_png
 from tasks.model import EXPECTED_PARAMS, to_model_input
@@ -135,50 +135,70 @@ def log_model_task(model, run_id: str, sample: np.ndarray) -> str:
     return info.model_uri
 
 
-def export_and_verify(model, x_test: np.ndarray, keras_probs: np.ndarray, batch_size: int = 1024
-                      ) -> tuple[bytes | None, dict[str, str], dict[str, float]]:
-    """Export the model to ONNX and compare ONNX Runtime's argmax with Keras' on every MNIST
-    test digit. Returns (the .onnx bytes or None, version tags, run metrics); an export that
-    fails or disagrees is recorded as unverified, so the reader keeps using Keras."""
-    from tasks.inference import OnnxModel, argmax_agreement, export_onnx
+def _export(model, kind: str) -> bytes:
+    from tasks.inference import export_onnx
+    from tasks.winograd import winograd_onnx
 
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = str(Path(tmp) / "model.onnx")
-            export_onnx(model, path)
-            data = Path(path).read_bytes()
-        probs = predict_proba(OnnxModel(data), x_test, batch_size)
-    except Exception as exc:  # onnxruntime/tf2onnx missing, or an op the exporter refuses
-        return None, {"onnx_verified": "false", "onnx_error": f"{type(exc).__name__}: {exc}"[:250]}, {}
-    agreement = argmax_agreement(probs, keras_probs)
-    verified = agreement == 1.0
-    tags = {"onnx_artifact": ONNX_ARTIFACT, "onnx_verified": str(verified).lower(),
-            "onnx_argmax_agreement": f"{agreement:.6f}", "onnx_checked_on": f"mnist_test:{len(x_test)}"}
-    metrics = {"onnx_argmax_agreement": agreement,
-               "onnx_max_abs_prob_diff": float(np.abs(probs - keras_probs).max())}
-    return data, tags, metrics
+    if kind == "winograd":
+        return winograd_onnx(model.get_weights())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "model.onnx")
+        export_onnx(model, path)
+        return Path(path).read_bytes()
+
+
+def export_and_verify(model, x_test: np.ndarray, keras_probs: np.ndarray, batch_size: int = 1024
+                      ) -> tuple[dict[str, bytes], dict[str, str], dict[str, float]]:
+    """Export the model to ONNX twice (Keras' exporter, and the Winograd graph of the same
+    weights) and compare ONNX Runtime's argmax with Keras' on every MNIST test digit. Returns
+    ({artifact path: .onnx bytes}, version tags, run metrics); an export that fails or
+    disagrees is recorded as unverified, so the reader does not use it."""
+    from tasks.inference import EXPORT_ARTIFACTS, OnnxModel, argmax_agreement
+
+    artifacts: dict[str, bytes] = {}
+    tags: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    for kind, artifact in EXPORT_ARTIFACTS.items():
+        try:
+            data = _export(model, kind)
+            probs = predict_proba(OnnxModel(data, kind=kind), x_test, batch_size)
+        except Exception as exc:  # onnxruntime/tf2onnx missing, or an op an exporter refuses
+            tags |= {f"{kind}_verified": "false", f"{kind}_error": f"{type(exc).__name__}: {exc}"[:250]}
+            continue
+        agreement = argmax_agreement(probs, keras_probs)
+        artifacts[artifact] = data
+        tags |= {f"{kind}_artifact": artifact, f"{kind}_verified": str(agreement == 1.0).lower(),
+                 f"{kind}_argmax_agreement": f"{agreement:.6f}",
+                 f"{kind}_checked_on": f"mnist_test:{len(x_test)}"}
+        metrics |= {f"{kind}_argmax_agreement": agreement,
+                    f"{kind}_max_abs_prob_diff": float(np.abs(probs - keras_probs).max())}
+    return artifacts, tags, metrics
 
 
 @task(name="log-onnx", **IO_RETRIES)
 def log_onnx_task(model, client: Any, run_id: str, x_test: np.ndarray, keras_probs: np.ndarray
                   ) -> dict[str, str]:
-    """Export, verify and log the ONNX model beside the Keras one in the run; returns the tags
-    for the model version, which tell the reader whether it may use the export."""
+    """Export, verify and log the ONNX models beside the Keras one in the run; returns the tags
+    for the model version, which tell the reader which export it may use."""
+    from tasks.inference import EXPORT_ARTIFACTS
+
     logger = run_logger()
-    data, tags, metrics = export_and_verify(model, x_test, keras_probs)
-    if data is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(ONNX_ARTIFACT).name
+    artifacts, tags, metrics = export_and_verify(model, x_test, keras_probs)
+    with tempfile.TemporaryDirectory() as tmp:
+        for artifact, data in artifacts.items():
+            path = Path(tmp) / Path(artifact).name
             path.write_bytes(data)
-            client.log_artifact(run_id, str(path), artifact_path=str(Path(ONNX_ARTIFACT).parent))
+            client.log_artifact(run_id, str(path), artifact_path=str(Path(artifact).parent))
     tracking.log_metrics(client, run_id, metrics)
     for k, v in tags.items():
         client.set_tag(run_id, k, v)
-    if tags["onnx_verified"] == "true":
-        logger.info("ONNX export logged: same argmax as Keras on all %d MNIST test digits", len(x_test))
-    else:
-        logger.warning("ONNX export not verified (%s); readers will use Keras",
-                       tags.get("onnx_error") or f"argmax agreement {tags.get('onnx_argmax_agreement')}")
+    for kind in EXPORT_ARTIFACTS:
+        if tags.get(f"{kind}_verified") == "true":
+            logger.info("%s export logged: same argmax as Keras on all %d MNIST test digits",
+                        kind, len(x_test))
+        else:
+            why = tags.get(f"{kind}_error") or f"argmax agreement {tags.get(f'{kind}_argmax_agreement')}"
+            logger.warning("%s export not verified (%s); readers will not use it", kind, why)
     return tags
 
 

@@ -93,7 +93,7 @@ class ReadSettings(_Section):
     # into touching digits) those scoring within this many log-units of its best. None: all.
     second_look_margin: float | None = Field(default=1.0, ge=0)
     # auto: ONNX Runtime when the version has a verified ONNX export, else Keras (direct call).
-    inference: Literal["auto", "onnx", "keras"] = "auto"
+    inference: Literal["auto", "winograd", "onnx", "keras"] = "auto"
     # Scans of a chunk prepared (decode to reframe) in parallel threads; OpenCV and NumPy
     # release the GIL for most of that work. 1: one after another.
     threads: int = Field(default=2, ge=1)

@@ -240,21 +240,23 @@ def load_keras_model(ref: ModelRef):
 
 @dataclass(frozen=True)
 class OnnxExport:
-    """What registration recorded about a version's ONNX export (model version tags)."""
+    """What registration recorded about one of a version's ONNX exports (model version tags)."""
 
     run_id: str
     artifact: str
     verified: bool
 
 
-def onnx_export(ref: ModelRef) -> OnnxExport | None:
-    """The version's ONNX export, or None (a version registered before exports, or a run/path
-    URI outside the registry)."""
+def onnx_exports(ref: ModelRef) -> dict[str, OnnxExport]:
+    """The version's ONNX exports by kind (`inference.EXPORT_ARTIFACTS`); none for a version
+    registered before exports, or a run/path URI outside the registry."""
     import mlflow
     from mlflow import MlflowClient
 
+    from tasks.inference import EXPORT_ARTIFACTS
+
     if not ref.name or not ref.version:
-        return None
+        return {}
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=mlflow.get_tracking_uri(), registry_uri=mlflow.get_registry_uri())
@@ -265,33 +267,34 @@ def onnx_export(ref: ModelRef) -> OnnxExport | None:
             raise TrackingUnavailable(f"MLflow unreachable, cannot look up {ref.label}: "
                                       f"{short_error(exc)}") from exc
         raise
-    artifact = mv.tags.get("onnx_artifact")
-    if not artifact or not mv.run_id:
-        return None
-    return OnnxExport(mv.run_id, artifact, mv.tags.get("onnx_verified") == "true")
+    if not mv.run_id:
+        return {}
+    return {kind: OnnxExport(mv.run_id, mv.tags[f"{kind}_artifact"],
+                             mv.tags.get(f"{kind}_verified") == "true")
+            for kind in EXPORT_ARTIFACTS if mv.tags.get(f"{kind}_artifact")}
 
 
 def load_reader_model(ref: ModelRef, mode: str = "auto"):
-    """The model the reader runs: the version's verified ONNX export under ONNX Runtime when
-    `mode` allows it (see `inference.choose_backend`), else the Keras model. Cached per process
-    like `load_keras_model`."""
+    """The model the reader runs: one of the version's verified ONNX exports under ONNX Runtime
+    when `mode` allows it (see `inference.choose_backend`), else the Keras model. Cached per
+    process like `load_keras_model`."""
     import mlflow
 
-    from tasks.inference import OnnxModel, choose_backend, onnx_runtime_available
+    from tasks.inference import BACKEND_NAMES, OnnxModel, choose_backend, onnx_runtime_available
 
     key = f"{mlflow.get_registry_uri()} {ref.pinned_uri} {mode}"
     with _model_lock:
         cached = _model_cache.get(key)
     if cached is not None:
         return cached
-    export = onnx_export(ref) if mode != "keras" else None
+    exports = onnx_exports(ref) if mode != "keras" else {}
     try:
-        backend = choose_backend(mode, export is not None, bool(export and export.verified),  # type: ignore[arg-type]
+        backend = choose_backend(mode, {k: e.verified for k, e in exports.items()},  # type: ignore[arg-type]
                                  onnx_runtime_available())
     except RuntimeError as exc:
         raise CifrasError(f"{ref.label}: {exc}") from exc
-    if backend == "onnx":
-        assert export is not None
+    if backend != "keras":
+        export = exports[backend]
         from mlflow.exceptions import MlflowException
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -303,8 +306,8 @@ def load_reader_model(ref: ModelRef, mode: str = "auto"):
                     raise TrackingUnavailable(f"MLflow unreachable, cannot load the ONNX export of "
                                               f"{ref.label}: {short_error(exc)}") from exc
                 raise
-            model = OnnxModel(Path(path).read_bytes())
-        log.info("reading with the ONNX export of %s", ref.label)
+            model = OnnxModel(Path(path).read_bytes(), kind=backend)
+        log.info("reading %s with %s", ref.label, BACKEND_NAMES[backend])
     else:
         model = load_keras_model(ref)
     with _model_lock:

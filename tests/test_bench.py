@@ -22,10 +22,11 @@ def test_backends_agree_on_every_digit(use_registry, mnist_sample):
                              onnx_model=tracking.load_reader_model(ref, "onnx"),
                              pipeline_model=tracking.load_reader_model(ref, "auto"))
     assert set(out) == {"keras_predict", "keras_predict_default", "keras_direct", "onnxruntime",
-                        "pipeline"}
+                        "onnx_winograd", "pipeline"}
     assert out["keras_direct"]["same_argmax"] is True
     assert out["onnxruntime"].get("same_argmax") is True, out["onnxruntime"]
-    assert out["pipeline"]["backend"] == "onnx" and out["pipeline"]["same_argmax"] is True
+    assert out["onnx_winograd"].get("same_argmax") is True, out["onnx_winograd"]  # built here
+    assert out["pipeline"]["backend"] == "winograd" and out["pipeline"]["same_argmax"] is True
     assert out["keras_predict_default"]["same_argmax"] is True
     assert all(v["digits_per_s"] > 0 for v in out.values())
 

@@ -16,14 +16,23 @@ from tasks.settings import load_settings
 
 
 def test_choose_backend():
-    assert choose_backend("auto", logged=True, verified=True, runtime=True) == "onnx"
-    assert choose_backend("auto", logged=True, verified=False, runtime=True) == "keras"
-    assert choose_backend("auto", logged=False, verified=False, runtime=True) == "keras"
-    assert choose_backend("auto", logged=True, verified=True, runtime=False) == "keras"
-    assert choose_backend("keras", logged=True, verified=True, runtime=True) == "keras"
-    assert choose_backend("onnx", logged=True, verified=False, runtime=True) == "onnx"
+    both = {"onnx": True, "winograd": True}
+    assert choose_backend("auto", both, runtime=True) == "winograd"
+    assert choose_backend("auto", {"onnx": True, "winograd": False}, runtime=True) == "onnx"
+    assert choose_backend("auto", {"onnx": True}, runtime=True) == "onnx"  # registered before Winograd
+    assert choose_backend("auto", {"onnx": False}, runtime=True) == "keras"
+    assert choose_backend("auto", {}, runtime=True) == "keras"
+    assert choose_backend("auto", both, runtime=False) == "keras"
+    assert choose_backend("keras", both, runtime=True) == "keras"
+    assert choose_backend("onnx", both, runtime=True) == "onnx"
+    assert choose_backend("onnx", {"onnx": False}, runtime=True) == "onnx"
+    assert choose_backend("winograd", {"winograd": False}, runtime=True) == "winograd"
     with pytest.raises(RuntimeError, match="no ONNX export"):
-        choose_backend("onnx", logged=False, verified=False, runtime=True)
+        choose_backend("onnx", {}, runtime=True)
+    with pytest.raises(RuntimeError, match="no Winograd ONNX export"):
+        choose_backend("winograd", {"onnx": True}, runtime=True)
+    with pytest.raises(RuntimeError, match="not installed"):
+        choose_backend("winograd", both, runtime=False)
 
 
 def test_busy_seconds_is_the_union_of_spans():
@@ -38,23 +47,30 @@ def _champion():
 
 
 @pytest.mark.slow
-def test_registered_version_reads_with_its_verified_onnx_export(use_registry, mnist_sample):
+def test_registered_version_reads_with_its_verified_onnx_exports(use_registry, mnist_sample):
     client, ref = _champion()
-    export = tracking.onnx_export(ref)
-    assert export is not None and export.verified
+    exports = tracking.onnx_exports(ref)
+    assert set(exports) == {"onnx", "winograd"} and all(e.verified for e in exports.values())
     mv = client.get_model_version(ref.name, ref.version)
-    assert mv.tags["onnx_argmax_agreement"] == "1.000000"
-    assert client.get_run(mv.run_id).data.metrics["onnx_argmax_agreement"] == 1.0
-    assert "onnx/model.onnx" in [a.path for a in client.list_artifacts(mv.run_id, "onnx")]
+    metrics = client.get_run(mv.run_id).data.metrics
+    for kind in ("onnx", "winograd"):
+        assert mv.tags[f"{kind}_argmax_agreement"] == "1.000000"
+        assert metrics[f"{kind}_argmax_agreement"] == 1.0
+        assert metrics[f"{kind}_max_abs_prob_diff"] < 1e-4
+    logged = {a.path for a in client.list_artifacts(mv.run_id, "onnx")}
+    assert logged == {"onnx/model.onnx", "onnx/winograd.onnx"}
 
     reader = tracking.load_reader_model(ref, "auto")
-    assert isinstance(reader, OnnxModel) and backend_of(reader) == "onnx"
+    assert isinstance(reader, OnnxModel) and backend_of(reader) == "winograd"  # the fastest verified
     assert tracking.load_reader_model(ref, "auto") is reader  # cached per process
+    plain = tracking.load_reader_model(ref, "onnx")
+    assert backend_of(plain) == "onnx"
     x = to_model_input(mnist_sample[0])
     keras_probs = predict_proba(tracking.load_keras_model(ref), x, 128)
-    onnx_probs = predict_proba(reader, x, 128)
-    assert (onnx_probs.argmax(1) == keras_probs.argmax(1)).all()
-    assert np.abs(onnx_probs - keras_probs).max() < 1e-3
+    for model in (reader, plain):
+        probs = predict_proba(model, x, 128)
+        assert (probs.argmax(1) == keras_probs.argmax(1)).all()
+        assert np.abs(probs - keras_probs).max() < 1e-4
     # runs spread over the session's thread pool come back whole and in order
     assert len(x) % reader.sub_batch != 0
     workers = reader.workers
@@ -77,12 +93,19 @@ def test_a_version_without_onnx_falls_back_to_keras(trained_registry: Path, tmp_
     shutil.copy(trained_registry / "mlflow.db", data / "mlflow.db")
     monkeypatch.setenv("CIFRAS_DATA_DIR", str(data))
     client, ref = _champion()
-    for tag in ("onnx_artifact", "onnx_verified", "onnx_argmax_agreement", "onnx_checked_on"):
-        client.delete_model_version_tag(ref.name, ref.version, tag)
-    assert tracking.onnx_export(ref) is None
+    for kind in ("winograd", "onnx"):
+        for tag in ("artifact", "verified", "argmax_agreement", "checked_on"):
+            client.delete_model_version_tag(ref.name, ref.version, f"{kind}_{tag}")
+        if kind == "winograd":  # registered before the Winograd graph: the plain export
+            assert set(tracking.onnx_exports(ref)) == {"onnx"}
+            assert backend_of(tracking.load_reader_model(ref, "auto")) == "onnx"
+            tracking._model_cache.clear()  # readers are cached per version; this one's tags changed
+    assert tracking.onnx_exports(ref) == {}
     assert backend_of(tracking.load_reader_model(ref, "auto")) == "keras"
     with pytest.raises(CifrasError, match="no ONNX export"):
         tracking.load_reader_model(ref, "onnx")
+    with pytest.raises(CifrasError, match="no Winograd ONNX export"):
+        tracking.load_reader_model(ref, "winograd")
 
 
 class _Constant:
