@@ -12,7 +12,7 @@ export CIFRAS_MNIST_PATH ?= $(SHARED_DATA)/mnist/mnist.npz
 endif
 endif
 
-.PHONY: venv demo test lint bench clean models
+.PHONY: venv demo test lint bench clean models targets
 
 venv: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ demo: venv
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# Issue #5's accuracy targets for the champion (MODEL=models:/NAME/VERSION for another), one
+# table with the command behind each row; about a minute on two cores.
+targets: venv
+	$(BIN)/cifras targets $(if $(MODEL),--model $(MODEL))
 
 lint: venv
 	$(BIN)/ruff check .

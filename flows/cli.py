@@ -283,6 +283,20 @@ def backfill(
     _run(lambda: backfill_flow(lo, hi, force=force, model=model, source=source), as_json)
 
 
+@app.command()
+def targets(
+    model: str = typer.Option(None, help="MLflow model URI (default models:/digit-cnn@champion)."),
+    only: list[str] = typer.Option(None, "--only", help="Measure only this target (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Measure every accuracy target in conf (`targets`) for one model: one table, each row
+    with the command that measures it alone."""
+    from flows.targets import targets_flow
+    from tasks.targets import render_targets
+
+    _run(lambda: targets_flow(model=model, only=only or None), as_json, render_targets)
+
+
 @app.command("export-onnx")
 def export_onnx_cmd(
     model: str = typer.Option(None, help="MLflow model URI (default models:/digit-cnn@champion)."),

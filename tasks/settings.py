@@ -157,6 +157,18 @@ class FineTuneSettings(_Section):
     experiment: str = "digit-finetune"
 
 
+class Target(_Section):
+    """One of the accuracy targets (issue #5) that `cifras targets` measures: the figures of one
+    evaluation and the least each may be. Paths are under `shared_data`."""
+
+    name: str
+    kind: Literal["digits", "cells", "reference"]
+    data: str  # a digit set (.npz), a folder of cell images, or the reference scan
+    labels: str | None = None  # cells: the CSV of file,label
+    split: str | None = None
+    at_least: dict[str, float] = Field(default_factory=dict)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CIFRAS_",
@@ -185,6 +197,7 @@ class Settings(BaseSettings):
     dask: DaskSettings = DaskSettings()
     promotion: PromotionSettings = PromotionSettings()
     fine_tune: FineTuneSettings = FineTuneSettings()
+    targets: list[Target] = Field(default_factory=list)
 
     @classmethod
     def settings_customise_sources(
