@@ -9,7 +9,7 @@ import cv2
 from prefect import flow
 
 from tasks import tracking
-from tasks.cell_reader import read_cells, read_label_file, score_numbers
+from tasks.cell_reader import misread_cells, read_cells, read_label_file, score_numbers
 from tasks.settings import load_settings
 
 EXPERIMENT = "cell-eval"
@@ -31,12 +31,14 @@ def evaluate_cells_flow(images: str, labels: str, model: str | None = None, spli
             missing += 1
             continue
         imgs.append(img)
-        kept.append(c.label)
+        kept.append(c)
     readings = read_cells(imgs, model, max_digits, settings.read.ok_threshold,
                           settings.read.reframe, settings.read.batch_size, settings.read.second_look,
                           settings.read.second_look_margin)
-    report = score_numbers(readings, kept)
-    report.update({"skipped_not_numbers": skipped, "missing_images": missing, "model": ref.label})
+    report = score_numbers(readings, [c.label for c in kept])
+    misread = misread_cells(readings, kept)
+    report.update({"skipped_not_numbers": skipped, "missing_images": missing, "model": ref.label,
+                   "misread_ok": sum(m["status"] == "ok" for m in misread)})
     experiment = tracking.ensure_experiment(client, settings, EXPERIMENT)
     with tracking.tracked_run(client, experiment, f"{root.name}:{split or 'all'}") as run_id:
         tracking.log_params(client, run_id, {"images": str(root.resolve()), "labels": str(labels_path),
@@ -47,5 +49,6 @@ def evaluate_cells_flow(images: str, labels: str, model: str | None = None, spli
         tracking.log_metrics(client, run_id, {k: report[k] for k in
                                               ("n", "number_accuracy", "review", "accuracy_when_ok")})
         tracking.log_json(client, run_id, report, "report.json")
+        tracking.log_json(client, run_id, misread, "misread.json")  # each wrong cell, ok ones first
     report["mlflow_run_id"] = run_id
     return report

@@ -441,6 +441,15 @@ def likelier(readings: list[CellReading]) -> int:
     return max(read or range(len(readings)), key=lambda i: readings[i].confidence)
 
 
+def misread_cells(readings: list[CellReading], cells: list[LabelledCell]) -> list[dict]:
+    """The cells read wrong, wrong-and-ok first (the errors an operator would not see), then
+    by confidence: what a developer opens first after an evaluation."""
+    rows = [{"file": c.file, "label": c.label, "read": r.digits, "value": r.value, "status": r.status,
+             "confidence": round(float(r.confidence), 4), "reason": r.reason}
+            for r, c in zip(readings, cells, strict=True) if r.value != c.label]
+    return sorted(rows, key=lambda row: (row["status"] != "ok", -row["confidence"]))
+
+
 def score_numbers(readings: list[CellReading], labels: list[int]) -> dict:
     """The evaluate-cells report: exact-number accuracy overall and by length, review share,
     accuracy among the cells marked ok."""

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -153,6 +154,18 @@ def test_evaluate_cells_on_mnist_digits_drawn_as_cells(use_registry, mnist_sampl
     assert set(report) >= {"n", "number_accuracy", "by_length", "review", "accuracy_when_ok"}
     assert report["by_length"]["1"]["n"] == 40
     assert report["number_accuracy"] > 0.7
+    # every wrong cell is in the run's misread.json, the wrong-and-ok ones first
+    from mlflow import MlflowClient
+
+    from tasks.settings import load_settings
+
+    client = MlflowClient(load_settings().mlflow_tracking_uri)
+    path = client.download_artifacts(report["mlflow_run_id"], "misread.json", str(tmp_path / "art"))
+    misread = json.loads(Path(path).read_text())
+    assert len(misread) == round(40 * (1 - report["number_accuracy"]))
+    assert all(m["value"] != m["label"] == y[int(m["file"][:-4])] for m in misread)
+    statuses = [m["status"] == "ok" for m in misread]
+    assert statuses == sorted(statuses, reverse=True) and sum(statuses) == report["misread_ok"]
 
 
 @pytest.mark.slow
@@ -320,3 +333,17 @@ def test_a_cheques_tall_1s_are_not_taken_for_ruling_lines(shared_data):
     centres = [bx - 8 + bw / 2 for bx, _, bw, _ in prepare_cell(gray, 6).boxes]  # framed: +8
     for x0, x1 in ((45, 53), (106, 114)):
         assert any(x0 <= c <= x1 for c in centres), (x0, centres)
+
+
+def test_misread_cells_lists_wrong_cells_the_unseen_ones_first():
+    from tasks.cell_reader import LabelledCell, misread_cells
+    from tasks.compose import CellReading
+
+    readings = [CellReading(12, "12", 0.99, "ok"), CellReading(17, "17", 0.6, "review", "unsure"),
+                CellReading(40, "40", 0.95, "ok"), CellReading(None, "", 0.0, "review", "empty"),
+                CellReading(18, "18", 0.97, "ok")]
+    cells = [LabelledCell(f"{i}.png", y) for i, y in enumerate((12, 11, 46, 5, 13))]
+    got = misread_cells(readings, cells)
+    assert [m["file"] for m in got] == ["4.png", "2.png", "1.png", "3.png"]
+    assert got[0] == {"file": "4.png", "label": 13, "read": "18", "value": 18, "status": "ok",
+                      "confidence": 0.97, "reason": None}
