@@ -26,6 +26,7 @@ from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.utilities.annotations import quote
+from sqlalchemy.exc import SQLAlchemyError
 
 from tasks import tracking, workers
 from tasks.db import migrate
@@ -331,8 +332,17 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
             metrics["warnings"] = warnings
             status = "completed" if failed_chunks == 0 else "partial"
             report = _report(flow_name, run_id, mlflow_run_id, model_ref.label, metrics, settings)
-    finally:
-        finish_run(db_url, run_id, status, _jsonable(metrics), mlflow_run_id)
+    except BaseException as ended:
+        # the run is ending on an error or a stop (SIGTERM): record it, but a database that
+        # cannot take the record now (locked, gone) must not replace the reason the run ended;
+        # a run left `running` is marked interrupted by the next one (`read.stale_run_s`)
+        try:
+            finish_run(db_url, run_id, status, _jsonable(metrics), mlflow_run_id)
+        except SQLAlchemyError as exc:
+            log.warning("run %s ended (%s) but could not be recorded as %s: %s", run_id,
+                        type(ended).__name__, status, str(exc).splitlines()[0][:200])
+        raise
+    finish_run(db_url, run_id, status, _jsonable(metrics), mlflow_run_id)
     if metrics.get("failed_chunks"):
         # everything else is written; failing the flow run makes the gap visible in the UI
         raise RuntimeError(f"{metrics['failed_chunks']} chunk(s) failed; re-run to read them")

@@ -308,3 +308,35 @@ def test_a_run_with_no_sign_of_life_is_marked_interrupted_by_the_next(backend, r
         reason = s.get(Run, "killed").metrics["interrupted"]
     assert status == {"killed": "interrupted", "alive": "running", "done": "completed", "new": "running"}
     assert reason.startswith("no sign of life since") and "marked by run new" in reason
+
+
+@pytest.mark.slow
+def test_a_run_ending_while_the_database_is_locked_keeps_its_own_error(night: Path, monkeypatch):
+    """Why a run ended (here its scan store failing) is what the caller sees, even when the
+    database cannot take the run's last record (CI, session 17: a SIGTERM'd run met SQLite
+    `database is locked`, and exited 1 with that error instead of 143). The run is left
+    `running`, and the next run marks it interrupted."""
+    from sqlalchemy.exc import OperationalError
+
+    import flows.ingest as ingest
+    from tasks.settings import load_settings
+
+    def store_gone(*args, **kwargs):
+        raise RuntimeError("scan store gone")
+
+    def locked(*args, **kwargs):
+        raise OperationalError("UPDATE runs SET status=?", {}, Exception("database is locked"))
+
+    with monkeypatch.context() as m:
+        m.setattr(ingest, "discover_task", store_gone)
+        m.setattr(ingest, "finish_run", locked)
+        with pytest.raises(RuntimeError, match="scan store gone"):
+            ingest.ingest_flow()
+    db_url = load_settings().db_url
+    with session_scope(db_url) as s:
+        assert s.scalars(select(Run.status)).all() == ["running"]
+    monkeypatch.setenv("CIFRAS_READ__STALE_RUN_S", "1")
+    time.sleep(1.5)  # no sign of life for longer than that
+    ingest.ingest_flow()
+    with session_scope(db_url) as s:
+        assert sorted(s.scalars(select(Run.status)).all()) == ["completed", "interrupted"]
