@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from tasks import tracking
-from tasks.inference import OnnxModel, backend_of, export_onnx, predict_proba
+from tasks.inference import OnnxModel, backend_of, export_bytes, predict_proba
 from tasks.model import to_model_input
 from tasks.settings import load_settings
 
@@ -33,20 +33,15 @@ def inference_backends(model, x: np.ndarray, batch: int = 1024, onnx_model=None,
 
     Throughput is the best of `reps` passes over `x`, the backends taking turns pass by pass,
     so that the load of a shared machine falls on all of them alike."""
-    from tasks.winograd import winograd_onnx
-
     out: dict[str, dict] = {}
     fns = {"keras_predict": lambda a: model.predict(a, batch_size=batch, verbose=0),
            "keras_predict_default": lambda a: model.predict(a, verbose=0),
            "keras_direct": lambda a: predict_proba(model, a, batch)}
     try:
         if onnx_model is None:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = str(Path(tmp) / "model.onnx")
-                export_onnx(model, path)
-                onnx_model = OnnxModel(Path(path).read_bytes())
+            onnx_model = OnnxModel(export_bytes(model, "onnx"))
         if winograd_model is None:
-            winograd_model = OnnxModel(winograd_onnx(model.get_weights()), kind="winograd")
+            winograd_model = OnnxModel(export_bytes(model, "winograd"), kind="winograd")
         fns["onnxruntime"] = lambda a: predict_proba(onnx_model, a, batch)
         fns["onnx_winograd"] = lambda a: predict_proba(winograd_model, a, batch)
     except Exception as exc:  # onnxruntime not installed, or export unsupported

@@ -4,7 +4,6 @@ logs its own MLflow run as when run alone); the table is logged as one run of it
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from flows.read_telegram import read_telegrams
 from tasks import tracking
 from tasks.errors import CifrasError
 from tasks.prefect_utils import run_logger
-from tasks.reference import reference_values
+from tasks.reference import transcribed_values
 from tasks.settings import Settings, Target, load_settings
 from tasks.targets import TargetRow, command_for, judge, reference_score
 
@@ -29,11 +28,8 @@ def _measure(target: Target, data: Path, labels: Path | None, model: str | None)
     if target.kind == "cells":
         assert labels is not None
         return evaluate_cells_flow(str(data), str(labels), model=model, split=target.split)
+    truth = transcribed_values(data)
     reading = read_telegrams([str(data)], None, model)[0]
-    transcription = data.with_suffix(".json")
-    if not transcription.exists():
-        raise CifrasError(f"no transcription {transcription.name} beside {data.name}")
-    truth = reference_values(json.loads(transcription.read_text()))
     return {**reference_score(reading["cells"], truth), "model": reading["model"]}
 
 

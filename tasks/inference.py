@@ -141,6 +141,22 @@ def export_onnx(model, path: str) -> None:
     model.export(path, format="onnx", verbose=False)
 
 
+def export_bytes(model, kind: OnnxKind) -> bytes:
+    """The Keras model as ONNX bytes of one kind: Keras' own export, or the Winograd graph of
+    its weights (`tasks.winograd`)."""
+    if kind == "winograd":
+        from tasks.winograd import winograd_onnx
+
+        return winograd_onnx(model.get_weights())
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "model.onnx")
+        export_onnx(model, path)
+        return Path(path).read_bytes()
+
+
 def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Share of rows where two probability arrays pick the same class."""
     if len(a) != len(b):

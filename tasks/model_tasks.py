@@ -135,32 +135,20 @@ def log_model_task(model, run_id: str, sample: np.ndarray) -> str:
     return info.model_uri
 
 
-def _export(model, kind: str) -> bytes:
-    from tasks.inference import export_onnx
-    from tasks.winograd import winograd_onnx
-
-    if kind == "winograd":
-        return winograd_onnx(model.get_weights())
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "model.onnx")
-        export_onnx(model, path)
-        return Path(path).read_bytes()
-
-
 def export_and_verify(model, x_test: np.ndarray, keras_probs: np.ndarray, batch_size: int = 1024
                       ) -> tuple[dict[str, bytes], dict[str, str], dict[str, float]]:
     """Export the model to ONNX twice (Keras' exporter, and the Winograd graph of the same
     weights) and compare ONNX Runtime's argmax with Keras' on every MNIST test digit. Returns
     ({artifact path: .onnx bytes}, version tags, run metrics); an export that fails or
     disagrees is recorded as unverified, so the reader does not use it."""
-    from tasks.inference import EXPORT_ARTIFACTS, OnnxModel, argmax_agreement
+    from tasks.inference import EXPORT_ARTIFACTS, OnnxModel, argmax_agreement, export_bytes
 
     artifacts: dict[str, bytes] = {}
     tags: dict[str, str] = {}
     metrics: dict[str, float] = {}
     for kind, artifact in EXPORT_ARTIFACTS.items():
         try:
-            data = _export(model, kind)
+            data = export_bytes(model, kind)
             probs = predict_proba(OnnxModel(data, kind=kind), x_test, batch_size)
         except Exception as exc:  # onnxruntime/tf2onnx missing, or an op an exporter refuses
             tags |= {f"{kind}_verified": "false", f"{kind}_error": f"{type(exc).__name__}: {exc}"[:250]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tasks.errors import CifrasError
 from tasks.official_results import MesaId
 
 REFERENCE_MESA = MesaId(21, 1, "402", 1)  # Santa Fe, sección 1 Belgrano, circuito 402, mesa 1
@@ -26,11 +27,17 @@ def reference_values(transcription: dict) -> dict[str, int]:
     return values
 
 
+def transcribed_values(scan: Path) -> dict[str, int]:
+    """A scan's values from its hand transcription beside it (the same name, `.json`)."""
+    path = scan.with_suffix(".json")
+    if not path.is_file():
+        raise CifrasError(f"no transcription {path.name} beside {scan.name}")
+    return reference_values(json.loads(path.read_text()))
+
+
 def load_reference(folder: Path) -> tuple[Path, dict[str, int]] | None:
     """(scan, values) of the reference telegram in a shared-data folder, if present."""
     scans = sorted(folder.glob("*.jpg"))
     if not scans:
         return None
-    scan = scans[0]
-    transcription = json.loads(scan.with_suffix(".json").read_text())
-    return scan, reference_values(transcription)
+    return scans[0], transcribed_values(scans[0])

@@ -103,3 +103,15 @@ def test_targets_run_the_evaluations_and_log_one_table(use_registry, mnist_sampl
 
     bad = runner.invoke(app, ["targets", "--only", "nonesuch"])
     assert bad.exit_code == 2 and "unknown target" in bad.output
+
+
+def test_a_scan_without_its_transcription_is_one_clear_error(tmp_path):
+    from tasks.errors import CifrasError
+    from tasks.reference import load_reference, transcribed_values
+
+    scan = tmp_path / "mesa.jpg"
+    scan.write_bytes(b"not read")
+    with pytest.raises(CifrasError, match=r"no transcription mesa\.json beside mesa\.jpg"):
+        transcribed_values(scan)
+    with pytest.raises(CifrasError, match="no transcription"):
+        load_reference(tmp_path)
