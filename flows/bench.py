@@ -36,16 +36,15 @@ def inference_backends(model, x: np.ndarray, batch: int = 1024, onnx_model=None,
     out: dict[str, dict] = {}
     fns = {"keras_predict": lambda a: model.predict(a, batch_size=batch, verbose=0),
            "keras_predict_default": lambda a: model.predict(a, verbose=0),
-           "keras_direct": lambda a: predict_proba(model, a, batch)}
-    try:
-        if onnx_model is None:
-            onnx_model = OnnxModel(export_bytes(model, "onnx"))
-        if winograd_model is None:
-            winograd_model = OnnxModel(export_bytes(model, "winograd"), kind="winograd")
-        fns["onnxruntime"] = lambda a: predict_proba(onnx_model, a, batch)
-        fns["onnx_winograd"] = lambda a: predict_proba(winograd_model, a, batch)
-    except Exception as exc:  # onnxruntime not installed, or export unsupported
-        out["onnxruntime"] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+           "keras_direct": lambda a: predict_proba(model, a, batch)}  # compiled graph (compiled_call)
+    exports = (("onnxruntime", "onnx", onnx_model), ("onnx_winograd", "winograd", winograd_model))
+    for name, kind, given in exports:
+        try:  # each export on its own: one that fails does not take the other's figure with it
+            session = given if given is not None else OnnxModel(export_bytes(model, kind), kind=kind)
+        except Exception as exc:  # onnxruntime not installed, or export unsupported
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+            continue
+        fns[name] = lambda a, session=session: predict_proba(session, a, batch)
     if pipeline_model is not None:
         pipeline_batch = load_settings().read.batch_size
         fns["pipeline"] = lambda a: predict_proba(pipeline_model, a, pipeline_batch)

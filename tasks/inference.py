@@ -9,6 +9,8 @@ every MNIST test digit) at registration.
 from __future__ import annotations
 
 import os
+import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Literal
 
@@ -71,18 +73,39 @@ class OnnxModel:
         return np.concatenate(list(self._pool.map(self._run, runs)))
 
 
+_compiled_calls: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_call(model) -> Callable[[np.ndarray], np.ndarray]:
+    """The Keras model's forward pass as one compiled TensorFlow graph, built once per model.
+
+    Why: an eager `model(x)` dispatches each layer's ops one by one, ~16,000 digits/s and 4 ms
+    for one digit here; the compiled graph runs ~28,000 digits/s and 0.6 ms, with the same
+    argmax on MNIST test. Not `predict_on_batch`: a model compiled with XLA would recompile
+    for every new batch size. `reduce_retracing` keeps one graph for any batch size."""
+    import keras
+
+    if not isinstance(model, keras.Model):  # any other callable model is called as it is
+        return lambda a: np.asarray(model(a, training=False))
+    fn = _compiled_calls.get(model)
+    if fn is None:
+        import tensorflow as tf
+
+        ref = weakref.ref(model)  # the cache entry must not keep its own key alive
+        graph = tf.function(lambda a: ref()(a, training=False), reduce_retracing=True)
+        fn = _compiled_calls.setdefault(model, lambda a: graph(a).numpy())
+    return fn
+
+
 def predict_proba(model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Class probabilities (n, 10) for model inputs. A Keras model is called directly per batch,
-    which avoids `predict`'s fixed per-call cost (about 50 ms here); an `OnnxModel` runs its
-    session per batch."""
+    """Class probabilities (n, 10) for model inputs. A Keras model runs its compiled graph per
+    batch, which avoids `predict`'s per-call cost (50 ms to a few hundred ms here); an
+    `OnnxModel` runs its session per batch."""
     x = to_model_input(x)
     if len(x) == 0:
         return np.zeros((0, 10), np.float32)
-    if isinstance(model, OnnxModel):
-        out = [model.proba(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-    else:
-        out = [np.asarray(model(x[i : i + batch_size], training=False))
-               for i in range(0, len(x), batch_size)]
+    call = model.proba if isinstance(model, OnnxModel) else compiled_call(model)
+    out = [call(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     return np.concatenate(out).astype(np.float32, copy=False)
 
 

@@ -86,6 +86,8 @@ def winograd_onnx(weights: list[np.ndarray]) -> bytes:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    if len(weights) != 6:
+        raise ValueError(f"not mnist_convnet weights: {len(weights)} arrays, expected 6")
     k1, b1, k2, b2, k3, b3 = (np.asarray(w) for w in weights)
     if k1.shape != (3, 3, 1, 32) or k2.shape != (3, 3, 32, 64) or k3.shape != (1600, 10):
         raise ValueError(f"not mnist_convnet weights: {k1.shape}, {k2.shape}, {k3.shape}")

@@ -142,3 +142,27 @@ def test_second_look_rereads_only_unsure_digits_and_averages_seven_views():
     assert model.seen == 6
     np.testing.assert_array_equal(out[0], both_unsure[0])
     assert out[1].argmax() == 1
+
+
+def test_keras_models_run_one_compiled_graph_with_dropout_off():
+    """The Keras path (versions without exports, and the bench's compiled call) is one graph per
+    model for any batch size, computing what the eager call computes with `training=False`
+    (dropout off), and it goes when its model goes."""
+    import gc
+    import weakref
+
+    from tasks.inference import _compiled_calls, compiled_call
+    from tasks.model import build_mnist_convnet
+
+    model = build_mnist_convnet()
+    x = to_model_input(np.random.default_rng(1).random((70, 28, 28)).astype(np.float32))
+    eager = np.asarray(model(x, training=False))
+    np.testing.assert_allclose(predict_proba(model, x, batch_size=32), eager, atol=1e-6)
+    np.testing.assert_allclose(predict_proba(model, x[:1]), eager[:1], atol=1e-6)
+    assert compiled_call(model) is compiled_call(model)
+    dropout_on = np.asarray(model(x, training=True))
+    assert np.abs(dropout_on - eager).max() > 1e-3  # so the comparison above can tell
+    ref, entries = weakref.ref(model), len(_compiled_calls)
+    del model
+    gc.collect()
+    assert ref() is None and len(_compiled_calls) == entries - 1
