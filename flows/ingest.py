@@ -388,6 +388,8 @@ def ingest_flow(source: str | None = None, model: str | None = None, force: bool
 def backfill_flow(since: date, until: date, force: bool = False, model: str | None = None,
                   source: str | None = None) -> dict:
     """Re-read the scans received in [since, until); with `force`, also those already read."""
+    if since >= until:
+        raise CifrasError(f"backfill: --since {since} is not before --until {until}; nothing to read")
     lo = datetime.combine(since, dtime.min, UTC)
     hi = datetime.combine(until, dtime.min, UTC)
     return read_scans("backfill", source, model, force, lo, hi)

@@ -18,6 +18,7 @@ from fsspec.implementations.local import LocalFileSystem
 from prefect import task
 
 from tasks import tracking
+from tasks.errors import CifrasError
 from tasks.exports import Misread, collect, shard_payloads
 from tasks.inference import BACKEND_NAMES, backend_of
 from tasks.persist import known_scans, persist_chunk
@@ -88,6 +89,11 @@ def list_objects(source: str, settings: Settings) -> list[ObjectRef]:
     with its reason, so that it is recorded rather than read or silently skipped."""
     fs, root = filesystem(source, settings)
     if not fs.exists(root):
+        # a folder that is not there is a typo or a share that is not mounted: an empty
+        # "completed" run would hide it; an object-store prefix with no objects yet is only empty
+        if isinstance(fs, LocalFileSystem) or not fs.exists(root.split("/", 1)[0]):
+            raise CifrasError(f"scans location {source} does not exist (a typo, or a share or "
+                              "bucket not mounted?); nothing was read")
         return []
     found = fs.find(root, detail=True)
     protocol = source.split("://", 1)[0] if "://" in source else "file"

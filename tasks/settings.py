@@ -14,11 +14,13 @@ import stat
 from pathlib import Path
 from typing import Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -45,6 +47,11 @@ class MlflowSettings(_Section):
     champion_alias: str = "champion"
     train_experiment: str = "digit-train"
     eval_experiment: str = "digit-eval"
+    # An MLflow server that does not answer: MLflow's own client retries 7 times with backoff
+    # (4 minutes a call), and each task retries that; these bound one call to ~3 attempts.
+    # MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT set in the environment win over them.
+    http_retries: int = Field(default=2, ge=0)
+    http_timeout_s: int = Field(default=30, ge=1)
 
 
 class TrainSettings(_Section):
@@ -59,7 +66,7 @@ class TrainSettings(_Section):
 
 class EvaluateSettings(_Section):
     model_uri: str = "models:/digit-cnn@champion"
-    batch_size: int = 1024
+    batch_size: int = Field(default=1024, ge=1)
     reframe: Literal["mnist", "paper"] = "mnist"
 
 
@@ -79,12 +86,12 @@ class GenerateSettings(_Section):
 
 
 class ReadSettings(_Section):
-    pad: int = 8
-    ok_threshold: float = 0.99
+    pad: int = Field(default=8, ge=0)
+    ok_threshold: float = Field(default=0.99, ge=0, le=1)
     reframe: Literal["mnist", "paper"] = "mnist"
-    batch_size: int = 2048
-    chunk_size: int = 25
-    max_pixels: int = 80_000_000
+    batch_size: int = Field(default=2048, ge=1)
+    chunk_size: int = Field(default=25, ge=1)
+    max_pixels: int = Field(default=80_000_000, ge=1)
     checksum: bool = True
     # Digits whose top probability is under this are read again, shifted a pixel each way and
     # turned 8 degrees each way, and the seven readings averaged; 0 turns it off.
@@ -299,3 +306,9 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise CifrasError(f"invalid setting {where!r} in {path} or CIFRAS_* env: {first['msg']}") from exc
+    except SettingsError as exc:  # a CIFRAS_* value a list or table setting cannot parse (not JSON)
+        raise CifrasError(f"invalid CIFRAS_* environment value: {exc}; lists and tables are "
+                          "written as JSON, e.g. CIFRAS_READ__SUFFIXES='[\".jpg\"]'") from exc
+    except yaml.YAMLError as exc:
+        raise CifrasError(f"configuration file {path} is not valid YAML: "
+                          f"{str(exc).splitlines()[0]}") from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import tempfile
 import threading
@@ -45,6 +46,20 @@ def short_error(exc: BaseException) -> str:
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
+_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "http_retries",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": "http_timeout_s"}
+_http_env_ours: dict[str, str] = {}  # the values this process set, as opposed to the operator's
+
+
+def _bound_http_retries(settings: Settings) -> None:
+    """MLflow's HTTP client reads its retries and timeout from the environment on each call."""
+    for env, field in _HTTP_ENV.items():
+        current = os.environ.get(env)
+        if current is not None and _http_env_ours.get(env) != current:
+            continue  # set by the operator
+        os.environ[env] = _http_env_ours[env] = str(getattr(settings.mlflow, field))
+
+
 def configure_mlflow(settings: Settings):
     """Point MLflow at the configured store and return a client bound to it."""
     import mlflow
@@ -53,6 +68,7 @@ def configure_mlflow(settings: Settings):
     uri = settings.mlflow_tracking_uri
     if uri.startswith("sqlite:"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _bound_http_retries(settings)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -144,3 +144,36 @@ def test_ingest_records_refused_objects_and_stays_in_its_root(trained_registry: 
     for source in [(tmp_path / "outside").as_uri(), f"{scans.as_uri()}/../../outside"]:
         with pytest.raises(CifrasError, match="outside the configured root"):
             ingest_flow(source=source)
+
+
+def test_a_scans_folder_that_is_not_there_is_an_error_not_an_empty_night(tmp_path: Path, cifras_env: Path):
+    """A typo or an unmounted share must not look like a night with no new scans."""
+    from tasks.errors import CifrasError
+    from tasks.ingest_tasks import list_objects
+    from tasks.settings import load_settings
+
+    with pytest.raises(CifrasError, match="does not exist"):
+        list_objects((tmp_path / "not-mounted").as_uri(), load_settings())
+    (tmp_path / "empty").mkdir()
+    assert list_objects((tmp_path / "empty").as_uri(), load_settings()) == []
+
+
+@pytest.mark.s3
+def test_an_empty_prefix_has_no_scans_but_a_missing_bucket_is_an_error(cifras_env: Path, s3_bucket: str):
+    from tasks.errors import CifrasError
+    from tasks.ingest_tasks import list_objects
+    from tasks.settings import load_settings
+
+    assert list_objects(f"s3://{s3_bucket}/nothing-yet", load_settings()) == []
+    with pytest.raises(CifrasError, match="does not exist"):
+        list_objects(f"s3://{s3_bucket}-missing/scans", load_settings())
+
+
+def test_a_backfill_whose_period_is_empty_is_refused():
+    from datetime import date
+
+    from flows.ingest import backfill_flow
+    from tasks.errors import CifrasError
+
+    with pytest.raises(CifrasError, match="not before"):
+        backfill_flow.fn(since=date(2026, 1, 1), until=date(2025, 1, 1))

@@ -45,6 +45,30 @@ def test_bad_value_is_one_clear_line(cifras_env, monkeypatch):
     assert "\n" not in str(err.value)
 
 
+
+@pytest.mark.parametrize(("name", "value", "where"), [
+    ("CIFRAS_READ__BATCH_SIZE", "0", "read.batch_size"),  # was range() arg 3 must not be zero
+    ("CIFRAS_READ__CHUNK_SIZE", "0", "read.chunk_size"),
+    ("CIFRAS_READ__OK_THRESHOLD", "95", "read.ok_threshold"),  # a percentage: every cell to review
+    ("CIFRAS_READ__OK_THRESHOLD", "-1", "read.ok_threshold"),  # every cell ok
+    ("CIFRAS_READ__PAD", "-50", "read.pad"),
+    ("CIFRAS_READ__SUFFIXES", ".jpg", "JSON"),  # a list not written as JSON
+])
+def test_values_outside_their_meaning_are_one_clear_line(cifras_env, monkeypatch, name, value, where):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(CifrasError, match=where.replace(".", r"\.")) as err:
+        load_settings()
+    assert "\n" not in str(err.value)
+
+
+def test_a_config_file_that_is_not_yaml_is_one_clear_line(cifras_env, monkeypatch, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("read:\n  pad: [1\n")
+    monkeypatch.setenv("CIFRAS_CONFIG", str(bad))
+    with pytest.raises(CifrasError, match="not valid YAML") as err:
+        load_settings()
+    assert "\n" not in str(err.value)
+
 def test_unknown_key_in_the_file_is_an_error(cifras_env, monkeypatch, tmp_path):
     from tasks.settings import CONF_DIR
 
@@ -74,3 +98,22 @@ def test_the_shell_settings_do_not_reach_the_tests():
                             f"{__file__}::test_the_shell_settings_do_not_reach_the_tests"],
                            env=shell, capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert inner.returncode == 0, inner.stdout[-3000:]
+
+
+def test_mlflow_calls_to_a_silent_server_are_bounded_unless_the_operator_says(cifras_env, monkeypatch):
+    """MLflow's client retries a call 7 times with backoff by default (4 minutes, and each task
+    retry again): a nightly run with MLflow down had not said so after 5 minutes (46 s now)."""
+    from tasks import tracking
+
+    for var in tracking._HTTP_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(tracking, "_http_env_ours", {})
+    tracking.configure_mlflow(load_settings())
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
+    monkeypatch.setenv("CIFRAS_MLFLOW__HTTP_RETRIES", "1")
+    tracking.configure_mlflow(load_settings())
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"  # this process's own value follows
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")  # the operator's
+    tracking.configure_mlflow(load_settings())
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
