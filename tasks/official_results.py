@@ -110,17 +110,22 @@ def parse_results_csv(text: str, template: Template) -> list[Label]:
 
 
 def with_totals(labels: list[Label], template: Template) -> list[Label]:
-    """Add each category's TOTAL as the sum of its rows where the file did not give it."""
+    """Add each category's TOTAL as the sum of its rows where the file did not give it, but
+    only from a complete category: a correction file of one row must not replace the stored
+    TOTAL with that row's value. Without every row the TOTAL stays as stored (or unlabelled)."""
     out = list(labels)
     present = {(lab.mesa, lab.cell_id) for lab in labels}
     sums: dict[tuple[MesaId, str], int] = {}
+    given: dict[tuple[MesaId, str], set[str]] = {}
     for lab in labels:
         category, row = lab.cell_id.split("/", 1)
         if category != "header" and row != "total":
             sums[(lab.mesa, category)] = sums.get((lab.mesa, category), 0) + lab.value
+            given.setdefault((lab.mesa, category), set()).add(row)
     for (mesa, category), total in sums.items():
         cell = f"{category}/total"
-        if cell in template.cell_ids and (mesa, cell) not in present:
+        rows = {r for r in template.rows(category) if r != "total"}
+        if cell in template.cell_ids and (mesa, cell) not in present and given[(mesa, category)] >= rows:
             out.append(Label(mesa, cell, total))
     return out
 

@@ -4,6 +4,7 @@ from sqlalchemy import func, inspect, select
 from tasks.db import OfficialResult, Telegram, get_engine, session_scope
 from tasks.errors import CifrasError
 from tasks.official_results import (
+    ROW_VOTE_TYPE,
     Label,
     MesaId,
     labels_for,
@@ -21,16 +22,31 @@ def test_mesa_code_matches_the_printed_telegram_code():
     assert MESA.code == "2100100001X"
 
 
-def test_csv_rows_map_to_cells_and_totals_are_derived(template):
-    text = HEAD + (
-        "21,1,402,1,SENADORES NACIONALES,503,POSITIVO,135\n"
-        "21,1,402,1,SENADORES NACIONALES,,EN BLANCO,5\n"
+def test_csv_rows_map_to_cells_and_totals_are_derived_from_complete_categories(template):
+    senadores = {r: 10 + i for i, r in enumerate(template.rows("senadores")) if r != "total"}
+    text = HEAD + "".join(
+        f"21,1,402,1,SENADORES NACIONALES,{r},POSITIVO,{v}\n" if r.isdigit() else
+        f"21,1,402,1,SENADORES NACIONALES,,{ROW_VOTE_TYPE[r]},{v}\n"
+        for r, v in senadores.items()) + (
         "21,1,402,1,DIPUTADOS NACIONALES,87,POSITIVO,4\n"
         "21,1,402,1,,,SOBRES,140\n"
     )
     labels = {lab.cell_id: lab.value for lab in parse_results_csv(text, template)}
-    assert labels == {"senadores/503": 135, "senadores/blanco": 5, "diputados/87": 4,
-                      "header/sobres": 140, "senadores/total": 140, "diputados/total": 4}
+    assert labels == {**{f"senadores/{r}": v for r, v in senadores.items()}, "diputados/87": 4,
+                      "header/sobres": 140, "senadores/total": sum(senadores.values())}
+    # diputados has one row of its several: its TOTAL is not made up from it
+
+
+def test_a_correction_of_one_row_keeps_the_stored_total(db_url, template):
+    """Before, a one-row correction file replaced senadores/total (296) with that row (50)."""
+    full = [Label(MESA, "senadores/503", 246), Label(MESA, "senadores/total", 296)]
+    store_labels(db_url, full, template, source="results.csv", create_mesas=True)
+    fix = parse_results_csv(HEAD + "21,1,402,1,SENADORES NACIONALES,503,POSITIVO,50\n", template)
+    assert [(lab.cell_id, lab.value) for lab in fix] == [("senadores/503", 50)]
+    store_labels(db_url, fix, template, source="fix.csv")
+    with session_scope(db_url) as s:
+        tel = s.scalar(select(Telegram).where(Telegram.mesa_code == MESA.code))
+        assert labels_for(s, [tel.id])[tel.id] == {"senadores/503": 50, "senadores/total": 296}
 
 
 def test_csv_round_trip(template):
