@@ -47,6 +47,7 @@ def decode_scan(data: bytes, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
                 fmt = im.format
+                alpha = "A" in im.mode or "transparency" in im.info
     except UnidentifiedImageError:
         return Decoded(None, "not an image: format not recognised")
     except Exception as exc:  # Pillow raises many types on hostile headers
@@ -55,10 +56,31 @@ def decode_scan(data: bytes, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_
         return Decoded(None, f"image too large: {w}x{h} pixels (limit {max_pixels})")
     if w < 100 or h < 100:
         return Decoded(None, f"image too small to be a scan: {w}x{h} pixels")
-    gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if alpha:
+        gray = _on_white(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED))
+    else:
+        gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if gray is None:
         return Decoded(None, f"corrupt {fmt or 'image'}: cannot be decoded")
     return Decoded(gray)
+
+
+def _on_white(img: np.ndarray | None) -> np.ndarray | None:
+    """An image with an alpha channel laid on white paper, in grey. A greyscale decode drops
+    alpha, so ink kept as opacity over black pixels became a black page ("blank: no ink")."""
+    if img is None:
+        return None
+    if img.dtype == np.uint16:  # 16-bit PNG
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        return None
+    if img.ndim == 2:
+        return img
+    if img.shape[2] not in (2, 4):
+        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if img.shape[2] == 3 else img[..., 0].copy()
+    colour, a = img[..., :-1], img[..., -1].astype(np.float32) / 255.0
+    grey = colour[..., 0] if colour.shape[2] == 1 else cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
+    return np.rint(grey * a + 255.0 * (1.0 - a)).astype(np.uint8)
 
 
 MAX_PAGES = 100  # a batch of telegrams scanned into one file; more is refused, not truncated

@@ -69,3 +69,25 @@ def test_exif_orientation_is_applied():
     img.save(buf, format="JPEG", exif=exif)
     d = decode_scan(buf.getvalue())
     assert d.ok and d.gray.shape == (300, 120)
+
+
+def test_ink_kept_as_opacity_is_laid_on_white_paper():
+    """A PNG with black pixels whose alpha carries the ink (a transparent background) was a
+    black page to a greyscale decode, refused as "blank page: no ink found"."""
+    from PIL import Image
+
+    page = np.full((300, 200), 255, np.uint8)
+    page[100:140, 50:150] = 30  # a stroke
+    page[200:210, 20:180] = 128  # a grey rule
+    opacity = 255 - page
+    for mode, pixels in (("RGBA", np.dstack([np.zeros((300, 200, 3), np.uint8), opacity])),
+                         ("LA", np.dstack([np.zeros((300, 200), np.uint8), opacity]))):
+        buf = io.BytesIO()
+        Image.fromarray(pixels, mode).save(buf, format="PNG")
+        d = decode_scan(buf.getvalue())
+        assert d.ok and d.gray.dtype == np.uint8, mode
+        assert np.abs(d.gray.astype(int) - page).max() <= 1, mode
+    opaque = np.dstack([np.repeat(page[..., None], 3, axis=2), np.full((300, 200), 255, np.uint8)])
+    buf = io.BytesIO()
+    Image.fromarray(opaque, "RGBA").save(buf, format="PNG")
+    assert np.abs(decode_scan(buf.getvalue()).gray.astype(int) - page).max() <= 1  # alpha 255: as is
