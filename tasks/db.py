@@ -31,7 +31,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from tasks.errors import CifrasError
@@ -177,7 +177,10 @@ def get_engine(url: str) -> Engine:
         # error the retries handle, not hang the night: TCP keepalives notice it within ~25 s
         connect_args = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
                         "keepalives_interval": 5, "keepalives_count": 3}
-    engine = create_engine(url, pool_pre_ping=True, future=True, connect_args=connect_args)
+    try:
+        engine = create_engine(url, pool_pre_ping=True, future=True, connect_args=connect_args)
+    except (ArgumentError, ImportError) as exc:  # not a URL, or a dialect whose driver is absent
+        raise CifrasError(f"database URL {safe_url(url)} cannot be used: {exc}") from exc
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine

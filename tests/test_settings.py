@@ -117,3 +117,15 @@ def test_mlflow_calls_to_a_silent_server_are_bounded_unless_the_operator_says(ci
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")  # the operator's
     tracking.configure_mlflow(load_settings())
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("notaurl", "Could not parse"),
+    ("mysql://operator:s3cret@db.example/cifras", "MySQLdb"),  # a dialect whose driver is absent
+])
+def test_a_database_url_that_cannot_be_used_is_one_line_without_its_password(url, says):
+    from tasks.db import get_engine
+
+    with pytest.raises(CifrasError, match=says) as err:
+        get_engine(url)
+    assert "s3cret" not in str(err.value) and "\n" not in str(err.value)
