@@ -58,9 +58,9 @@ from tasks.storage import check_within, join, write_file
 # the flow) stops cleanly on SIGTERM too; `cifras` itself does this in its main.
 workers.stop_on_sigterm()
 
-SUMMARY_KEYS = ("scans", "read", "unreadable", "unaligned", "cells", "cells_scored", "digit_accuracy",
-                "digit_precision_macro", "digit_recall_macro", "digit_f1_macro", "number_accuracy",
-                "accuracy_when_ok", "review_share")
+SUMMARY_KEYS = ("scans", "read", "unreadable", "unaligned", "duplicates", "cells", "cells_scored",
+                "digit_accuracy", "digit_precision_macro", "digit_recall_macro", "digit_f1_macro",
+                "number_accuracy", "accuracy_when_ok", "review_share")
 
 
 @task(name="score-run", **IO_RETRIES)  # reads the database: retried like any I/O
@@ -271,10 +271,10 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
             log.info("%d new scans under %s (%d already read by %s)", len(refs), source, skipped,
                      model_ref.label)
             _, hashes = known_scans(db_url, model_ref.label)
-            counts = {"numbers": 0, "digits": 0}
+            counts = {"numbers": 0, "digits": 0, "duplicates": 0}
             timings: dict[str, float] = {}
             misread: list = []
-            failed_chunks, duplicates = 0, 0
+            failed_chunks = 0
             spans: list[tuple[float, float]] = []
             chunks = _chunks(refs, settings.read.chunk_size)
             read_args = {"settings": settings, "model_ref": model_ref, "template_name": template,
@@ -287,7 +287,6 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
                                   no + 1, len(chunks), len(chunk))
                         continue
                     result = state.result()
-                    duplicates += result.duplicates
                     for k, v in result.timings.items():
                         timings[k] = timings.get(k, 0.0) + v
                     # quote: Prefect would otherwise walk every reading, crop and array of the
@@ -308,7 +307,7 @@ def read_scans(flow_name: str, source: str | None, model: str | None, force: boo
             spans.append((e_score, time.time()))
             metrics.update({
                 "scans": len(refs), "skipped_known": skipped,
-                "duplicates": duplicates, "failed_chunks": failed_chunks,
+                "duplicates": counts["duplicates"], "failed_chunks": failed_chunks,
                 "dataset_numbers": counts["numbers"], "dataset_digits": counts["digits"],
                 "wall_s": time.perf_counter() - started,
                 **{f"stage_{k}_s": v for k, v in timings.items()},

@@ -158,6 +158,26 @@ class Scan(Base):
     read_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class DuplicateFile(Base):
+    """A file whose bytes another file already holds (a re-upload, a copy under another name):
+    recorded with the file it repeats, and known to discovery by its listing identity, so it is
+    neither read twice nor fetched again every night."""
+
+    __tablename__ = "duplicate_files"
+    __table_args__ = (UniqueConstraint("uri", "model_version", name="uq_duplicate_uri_model"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uri: Mapped[str] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    etag: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    original_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    model_version: Mapped[str] = mapped_column(String(MODEL_LABEL_LENGTH))
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA foreign_keys=ON")

@@ -54,7 +54,7 @@ def busy_seconds(spans: list[tuple[float, float]]) -> float:
 class ChunkResult:
     readings: list[ScanReading]
     timings: dict[str, float]
-    duplicates: int = 0
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (uri, hash): bytes already read
     vanished: list[str] = field(default_factory=list)
     span: tuple[float, float] = (0.0, 0.0)  # epoch seconds the task body ran (for busy time)
 
@@ -208,7 +208,7 @@ def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracki
         t_fetch = time.perf_counter() - t0
         digest = content_hash(data)
         if not force and digest in known_hashes:
-            return "duplicate", None, digest, t_fetch
+            return "duplicate", digest, digest, t_fetch  # its hash stands in for the pages
         return "read", data, digest, t_fetch
 
     def fetch_and_prepare(ref: ObjectRef) -> tuple[str, list[PreparedScan], float]:
@@ -230,13 +230,14 @@ def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracki
         outcomes = [fetch_and_prepare(ref) for ref in refs]
     # stage times below are summed over threads; this is the wall time they overlapped in
     totals: dict[str, float] = {"wall_prepare": time.perf_counter() - t0, "fetch": 0.0}
-    prepared, dup, vanished = [], 0, []
+    prepared, dup, vanished = [], [], []
     for ref, (outcome, pages, t_fetch) in zip(refs, outcomes, strict=True):
         totals["fetch"] += t_fetch
         if outcome == "vanished":
             vanished.append(ref.uri)
         elif outcome == "duplicate":
-            dup += 1
+            dup.append((ref.uri, pages))
+            continue
         for p in pages:
             for k, v in p.timings.items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -255,12 +256,13 @@ def persist_chunk_task(result: ChunkResult, refs: list[ObjectRef], settings: Set
     started = time.time()
     t0 = time.perf_counter()
     listing = {r.uri: {"size": r.size, "etag": r.etag, "modified": r.modified} for r in refs}
-    labels = persist_chunk(db_url, result.readings, run_id, model_version, template_name, listing)
+    labels, duplicates = persist_chunk(db_url, result.readings, run_id, model_version, template_name,
+                                       listing, result.duplicates)
     shards = collect(result.readings, labels)
     for name, payload in shard_payloads(shards).items():
         write_bytes(join(settings.exports_uri, "datasets", run_id, name, f"chunk-{chunk_no:05d}.npz"),
                     payload, settings)
-    counts = {"numbers": len(shards.numbers_y), "digits": len(shards.digits_y)}
+    counts = {"numbers": len(shards.numbers_y), "digits": len(shards.digits_y), "duplicates": duplicates}
     return shards.misread, counts, time.perf_counter() - t0, (started, time.time())
 
 

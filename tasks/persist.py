@@ -6,16 +6,16 @@ the same night replaces rows instead of duplicating them, and one chunk is one t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from tasks.db import Reading, Run, Scan, Telegram, session_scope, utcnow
+from tasks.db import DuplicateFile, Reading, Run, Scan, Telegram, session_scope, utcnow
 from tasks.official_results import MesaId, labels_for, upsert_telegram
-from tasks.read import MESA_CODE, ScanReading, mesa_code_for_page
+from tasks.read import MESA_CODE, ScanReading, mesa_code_for_page, mesa_code_from_uri
 
 
 def _upsert(session, table, rows: list[dict[str, Any]], keys: list[str]) -> None:
@@ -101,13 +101,59 @@ def link_telegrams(session, readings: list[ScanReading], template: str,
     return {uri: tel.id for uri, tel in linked.items()}
 
 
+def duplicate_reason(uri: str, original: str | None) -> str:
+    """Why a file was not read: the file it repeats, and a warning when the two names point at
+    different mesas (a copy saved under the wrong code: which telegram is it?)."""
+    if original is None:
+        return "same bytes as a file already read"
+    reason = f"same bytes as {original}"
+    mine, theirs = mesa_code_from_uri(uri), mesa_code_from_uri(original)
+    if mine and theirs and mine != theirs:
+        reason += f"; named for mesa {mine}, read as mesa {theirs}: check which telegram it is"
+    return reason
+
+
+def _record_duplicates(s, files: Sequence[tuple[str, str]], run_id: str, model_version: str,
+                       listing: dict[str, dict[str, Any]], owners: dict[str, str]) -> int:
+    """Duplicate files (uri, content hash) to `duplicate_files`, each with the file it repeats."""
+    unseen = {h for _, h in files} - owners.keys()
+    if unseen:
+        owners = {**owners, **dict(s.execute(
+            select(Scan.content_hash, Scan.uri).where(Scan.content_hash.in_(unseen),
+                                                      Scan.model_version == model_version)).all())}
+    rows = {}
+    for uri, digest in files:
+        meta = listing.get(uri, {})
+        rows[uri] = {"uri": uri, "size": meta.get("size"), "etag": meta.get("etag"), "content_hash": digest,
+                     "original_uri": owners.get(digest), "reason": duplicate_reason(uri, owners.get(digest)),
+                     "model_version": model_version, "run_id": run_id, "seen_at": utcnow()}
+    _upsert(s, DuplicateFile.__table__, list(rows.values()), ["uri", "model_version"])
+    return len(rows)
+
+
 def persist_chunk(
     db_url: str, readings: Iterable[ScanReading], run_id: str, model_version: str, template: str,
-    listing: dict[str, dict[str, Any]],
-) -> dict[str, dict[str, int]]:
-    """Write one chunk in one transaction; returns {page uri: its official labels}."""
+    listing: dict[str, dict[str, Any]], duplicates: Sequence[tuple[str, str]] = (),
+) -> tuple[dict[str, dict[str, int]], int]:
+    """Write one chunk in one transaction; returns ({page uri: its official labels}, files
+    recorded as duplicates). `duplicates`: (uri, hash) of files whose bytes an earlier run read.
+    A file whose bytes another file of this run holds is recorded as its duplicate too, not
+    written over it: the first in listing order keeps the readings. (Across runs a forced
+    re-read still takes the new name: a renamed file is re-linked that way.)"""
     with session_scope(db_url) as s:
         readings = list(readings)
+        hashes = {r.content_hash for r in readings}
+        owners = dict(s.execute(select(Scan.content_hash, Scan.uri).where(
+            Scan.content_hash.in_(hashes), Scan.model_version == model_version,
+            Scan.run_id == run_id)).all()) if hashes else {}
+        kept, repeated = [], list(duplicates)
+        for r in readings:
+            if owners.setdefault(r.content_hash, r.uri) == r.uri:
+                kept.append(r)
+            else:
+                repeated.append((r.uri, r.content_hash))
+        readings = kept
+        n_duplicates = _record_duplicates(s, repeated, run_id, model_version, listing, owners)
         scan_rows, reading_rows = [], []
         tel_of = link_telegrams(s, readings, template, listing)
         for r in readings:
@@ -135,7 +181,7 @@ def persist_chunk(
             _upsert(s, Reading.__table__, reading_rows[start : start + 1000],
                     ["content_hash", "page", "cell_id", "model_version"])
         labels = labels_for(s, tel_of.values())
-        return {uri: labels.get(tid, {}) for uri, tid in tel_of.items()}
+        return {uri: labels.get(tid, {}) for uri, tid in tel_of.items()}, n_duplicates
 
 
 def known_scans(db_url: str, model_version: str) -> tuple[set[tuple[str, int | None, str | None]], set[str]]:
@@ -143,7 +189,9 @@ def known_scans(db_url: str, model_version: str) -> tuple[set[tuple[str, int | N
     with session_scope(db_url) as s:
         rows = s.execute(select(Scan.uri, Scan.size, Scan.etag, Scan.content_hash)
                          .where(Scan.model_version == model_version)).all()
-    return {(u, sz, e) for u, sz, e, _ in rows}, {h for *_, h in rows}
+        repeats = s.execute(select(DuplicateFile.uri, DuplicateFile.size, DuplicateFile.etag)
+                            .where(DuplicateFile.model_version == model_version)).all()
+    return {(u, sz, e) for u, sz, e, _ in rows} | {(u, sz, e) for u, sz, e in repeats}, {h for *_, h in rows}
 
 
 CellRow = tuple[str, int | None, str, int | None, str, str]

@@ -17,6 +17,7 @@ from flows.ingest import _chunks, backfill_flow, ingest_flow
 from tasks.db import OfficialResult, Reading, Scan, Telegram, session_scope
 from tasks.official_results import Label, MesaId, store_labels
 from tasks.settings import load_settings
+from tasks.template import load_template
 from tests.test_decode import png_header_only
 
 N_GENERATED = 20
@@ -189,3 +190,41 @@ def test_a_long_run_starts_and_ends_with_short_chunks():
     assert [len(c) for c in _chunks(items[:50], 25)] == [25, 25]  # short runs: plain chunks
     assert [len(c) for c in _chunks(items[:7], 2)] == [2, 2, 2, 1]  # and small chunk sizes
     assert _chunks([], 25) == []
+
+
+@pytest.mark.slow
+def test_a_file_repeating_another_is_recorded_once_and_never_fetched_again(reading_env: Path, monkeypatch):
+    """Same bytes under another name: before, dropped with no record (and fetched again every
+    night), or, when both were new in one run, written over the other's readings, leaving its
+    telegram with none. Now the first keeps its readings; the other is recorded as its
+    duplicate, with the mesa mismatch in the reason."""
+    from tasks.db import DuplicateFile
+
+    monkeypatch.setenv("CIFRAS_READ__CHUNK_SIZE", "2")  # the two copies fall in different chunks
+    generate_flow(count=2, seed=71)
+    settings = load_settings()
+    first = ingest_flow()
+    assert first["read"] == 2 and first["duplicates"] == 0
+    old, new_dir = sorted(reading_env.rglob("*.jpg")), reading_env / "scans" / "later"
+    new_dir.mkdir(parents=True)
+    generate_flow(count=1, seed=72)
+    fresh = sorted(set(reading_env.rglob("*.jpg")) - set(old))[0]
+    # an old scan re-uploaded under another mesa's code, and tonight's scan twice
+    (new_dir / "2199900001X.jpg").write_bytes(old[0].read_bytes())
+    (new_dir / "zz-2199900002X.jpg").write_bytes(fresh.read_bytes())
+    night = ingest_flow()
+    assert night["scans"] == 3 and night["read"] == 1 and night["duplicates"] == 2
+    with session_scope(settings.db_url) as s:
+        dups = {u.rsplit("/", 1)[-1]: (o, r) for u, o, r in s.execute(
+            select(DuplicateFile.uri, DuplicateFile.original_uri, DuplicateFile.reason))}
+        assert dups["2199900001X.jpg"][0] == old[0].resolve().as_uri()
+        assert "named for mesa 2199900001X" in dups["2199900001X.jpg"][1]
+        assert dups["zz-2199900002X.jpg"][0] == fresh.resolve().as_uri()
+        code = fresh.stem
+        tel = s.scalar(select(Telegram).where(Telegram.mesa_code == code))
+        n = s.scalar(select(func.count()).select_from(Reading).where(Reading.telegram_id == tel.id))
+        assert n == len(load_template(settings.template).cells)  # its readings stay its own
+        assert s.scalar(select(Scan.uri).where(Scan.content_hash == s.scalar(
+            select(DuplicateFile.content_hash).where(DuplicateFile.uri.like("%zz-2199900002X.jpg"))))
+        ) == fresh.resolve().as_uri()
+    assert ingest_flow()["scans"] == 0  # known by their listing: not fetched again
