@@ -250,7 +250,7 @@ def read_telegram(
 
 @app.command()
 def ingest(
-    source: str = typer.Option(None, help="Scans URL (default from conf)."),
+    source: str = typer.Option(None, help="A folder under the configured scans root (default: the root)."),
     model: str = typer.Option(None, help="MLflow model URI (default models:/digit-cnn@champion)."),
     force: bool = typer.Option(False, help="Re-read scans already read by this model."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
@@ -267,7 +267,7 @@ def backfill(
     until: str = typer.Option(..., help="Day after the last (YYYY-MM-DD)."),
     force: bool = typer.Option(False, help="Re-read scans already read (e.g. after a new champion)."),
     model: str = typer.Option(None, help="MLflow model URI (default models:/digit-cnn@champion)."),
-    source: str = typer.Option(None, help="Scans URL (default from conf)."),
+    source: str = typer.Option(None, help="A folder under the configured scans root (default: the root)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Re-read the scans of a period on demand."""

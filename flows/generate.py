@@ -1,9 +1,11 @@
 """Scan generator flow: realistic telegrams from real handwriting, with their official results.
 
 Each telegram i of a seed gets its own random stream (seed, i), so output is deterministic and
-chunks can be rendered in any order or in parallel. Mesa identities are unique per (seed, i):
-sección = 100 + seed mod 900 (real sections of the reference district are below 100, so a
-generated mesa never takes a real one's code), mesa = i + 1.
+chunks can be rendered in any order or in parallel. Mesa identities: sección = 100 + seed mod
+900 (real sections of the reference district are below 100, so a generated mesa never takes a
+real one's code), mesa = i + 1. So codes are unique among seeds that differ by less than 900:
+seeds s and s + 900 give the same codes (and file names), and must go to different folders or
+databases (the development sets do: seeds 900-914 and 0-14 never share one).
 """
 
 from __future__ import annotations
