@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tasks.db import DuplicateFile, Reading, Run, Scan, Telegram, session_scope, utcnow
@@ -154,6 +154,9 @@ def persist_chunk(
                 repeated.append((r.uri, r.content_hash))
         readings = kept
         n_duplicates = _record_duplicates(s, repeated, run_id, model_version, listing, owners)
+        if readings:  # a file read now is no longer anyone's duplicate (renamed, then forced)
+            s.execute(delete(DuplicateFile).where(DuplicateFile.model_version == model_version,
+                                                  DuplicateFile.uri.in_({r.uri for r in readings})))
         scan_rows, reading_rows = [], []
         tel_of = link_telegrams(s, readings, template, listing)
         for r in readings:

@@ -337,6 +337,7 @@ def test_a_run_ending_while_the_database_is_locked_keeps_its_own_error(night: Pa
         assert s.scalars(select(Run.status)).all() == ["running"]
     monkeypatch.setenv("CIFRAS_READ__STALE_RUN_S", "1")
     time.sleep(1.5)  # no sign of life for longer than that
+    (night / "scans").mkdir(exist_ok=True)  # a night with no scans (a missing folder is an error)
     ingest.ingest_flow()
     with session_scope(db_url) as s:
         assert sorted(s.scalars(select(Run.status)).all()) == ["completed", "interrupted"]

@@ -228,3 +228,11 @@ def test_a_file_repeating_another_is_recorded_once_and_never_fetched_again(readi
             select(DuplicateFile.content_hash).where(DuplicateFile.uri.like("%zz-2199900002X.jpg"))))
         ) == fresh.resolve().as_uri()
     assert ingest_flow()["scans"] == 0  # known by their listing: not fetched again
+    # the old name was the wrong one: removed, and the day re-read by force under the new name
+    old[0].unlink()
+    forced = ingest_flow(force=True)
+    assert forced["duplicates"] == 1  # the other copy still repeats tonight's scan
+    with session_scope(settings.db_url) as s:
+        assert {u.rsplit("/", 1)[-1] for u in s.scalars(select(DuplicateFile.uri))} == {"zz-2199900002X.jpg"}
+        assert s.scalar(select(Scan.telegram_id).where(Scan.uri.like("%/2199900001X.jpg"))) == s.scalar(
+            select(Telegram.id).where(Telegram.mesa_code == "2199900001X"))
