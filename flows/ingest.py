@@ -58,7 +58,7 @@ from tasks.storage import check_within, join, write_file
 # the flow) stops cleanly on SIGTERM too; `cifras` itself does this in its main.
 workers.stop_on_sigterm()
 
-SUMMARY_KEYS = ("scans", "read", "unreadable", "unaligned", "duplicates", "cells", "cells_scored",
+SUMMARY_KEYS = ("scans", "read", "unreadable", "unaligned", "unlinked", "duplicates", "cells", "cells_scored",
                 "digit_accuracy", "digit_precision_macro", "digit_recall_macro", "digit_f1_macro",
                 "number_accuracy", "accuracy_when_ok", "review_share")
 

@@ -101,6 +101,13 @@ def link_telegrams(session, readings: list[ScanReading], template: str,
     return {uri: tel.id for uri, tel in linked.items()}
 
 
+def _unlinked(r: ScanReading, telegram_id: int | None) -> str | None:
+    if telegram_id is not None or r.status != "ok":
+        return None
+    return ("not linked to a mesa: the file name names none (a mesa code such as 2100100001X, "
+            "or one per page)")
+
+
 def duplicate_reason(uri: str, original: str | None) -> str:
     """Why a file was not read: the file it repeats, and a warning when the two names point at
     different mesas (a copy saved under the wrong code: which telegram is it?)."""
@@ -167,7 +174,7 @@ def persist_chunk(
                 "content_hash": r.content_hash, "page": r.page, "pages": r.pages,
                 "model_version": model_version, "template": template,
                 "telegram_id": tid, "status": r.status,
-                "reason": "; ".join([x for x in [r.reason, *r.notes] if x]) or None,
+                "reason": "; ".join([x for x in [r.reason, *r.notes, _unlinked(r, tid)] if x]) or None,
                 "quality": r.quality, "run_id": run_id, "read_at": utcnow(),
             })
             for cell_id, c in r.cells.items():
@@ -223,12 +230,15 @@ def run_cells(db_url: str, run_id: str) -> list[CellRow]:
 
 
 def scan_status_counts(db_url: str, run_id: str) -> dict[str, int]:
-    """Scans of the run by status: read, unreadable, unaligned."""
+    """Scans of the run by status: read, unreadable, unaligned; and read scans linked to no
+    mesa (their file name names none), whose readings no official result can score."""
     from sqlalchemy import func
 
     with session_scope(db_url) as s:
         rows = s.execute(select(Scan.status, func.count()).where(Scan.run_id == run_id)
                          .group_by(Scan.status)).all()
+        unlinked = s.scalar(select(func.count()).select_from(Scan).where(
+            Scan.run_id == run_id, Scan.status == "ok", Scan.telegram_id.is_(None)))
     counts = {status: n for status, n in rows}
     return {"read": counts.get("ok", 0), "unreadable": counts.get("unreadable", 0),
-            "unaligned": counts.get("unaligned", 0)}
+            "unaligned": counts.get("unaligned", 0), "unlinked": unlinked or 0}

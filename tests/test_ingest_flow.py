@@ -236,3 +236,18 @@ def test_a_file_repeating_another_is_recorded_once_and_never_fetched_again(readi
         assert {u.rsplit("/", 1)[-1] for u in s.scalars(select(DuplicateFile.uri))} == {"zz-2199900002X.jpg"}
         assert s.scalar(select(Scan.telegram_id).where(Scan.uri.like("%/2199900001X.jpg"))) == s.scalar(
             select(Telegram.id).where(Telegram.mesa_code == "2199900001X"))
+
+
+@pytest.mark.slow
+def test_a_scan_whose_name_names_no_mesa_is_read_and_counted_as_unlinked(reading_env: Path):
+    """Its readings can match no official result: before, it was stored `ok` with no reason,
+    and nothing in the summary said that some of the night's scans were scored against nothing."""
+    generate_flow(count=1, seed=73)
+    named = sorted(reading_env.rglob("*.jpg"))[0]
+    img = cv2.imread(str(named), cv2.IMREAD_GRAYSCALE)
+    (named.parent / "scan_0001.jpg").write_bytes(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])[1])
+    result = ingest_flow()
+    assert result["read"] == 2 and result["unlinked"] == 1
+    rows = scan_rows(load_settings().db_url)
+    assert rows["scan_0001.jpg"][0] == "ok" and "not linked to a mesa" in rows["scan_0001.jpg"][1]
+    assert rows[named.name][1] is None or "not linked" not in rows[named.name][1]
