@@ -36,8 +36,9 @@ def _run(job: Callable[[], Any], as_json: bool, render: Callable[[Any], str] | N
     with a reaper that stops it if this process is killed."""
     try:
         if runs_flows:
-            from tasks.prefect_utils import temporary_server_reaped
+            from tasks.prefect_utils import quiet_user_errors, temporary_server_reaped
 
+            quiet_user_errors()
             temporary_server_reaped()
         if as_json:
             with contextlib.redirect_stdout(sys.stderr):

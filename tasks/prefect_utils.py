@@ -34,6 +34,27 @@ IO_RETRIES: dict[str, Any] = {
 COMPUTE: dict[str, Any] = {"retries": 0, "cache_policy": NO_CACHE}
 
 
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """Prefect logs a flow's or task's exception with its traceback. For a CifrasError (a user's
+    mistake: a bad path, no model yet) the traceback is noise before the CLI's one `error:`
+    line: the record keeps its one-line message and loses the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from tasks.errors import CifrasError
+
+        if record.exc_info and isinstance(record.exc_info[1], CifrasError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_user_errors() -> None:
+    """Drop the traceback from Prefect's run logs of a CifrasError (see the filter above)."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _UserErrorsWithoutTraceback) for f in logger.filters):
+            logger.addFilter(_UserErrorsWithoutTraceback())
+
+
 def run_logger(name: str = "cifras") -> logging.Logger | logging.LoggerAdapter:
     """The Prefect run logger inside a flow or task (shown in the UI), else a plain logger."""
     from prefect.exceptions import MissingContextError

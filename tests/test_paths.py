@@ -177,3 +177,18 @@ def test_a_backfill_whose_period_is_empty_is_refused():
 
     with pytest.raises(CifrasError, match="not before"):
         backfill_flow.fn(since=date(2026, 1, 1), until=date(2025, 1, 1))
+
+
+def test_a_user_mistake_inside_a_flow_is_one_error_line_with_no_traceback(tmp_path: Path, cifras_env: Path):
+    """Prefect logged the flow's CifrasError with a 20-line traceback before the CLI's `error:`
+    line; the log line stays, the traceback goes."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CIFRAS_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run([str(Path(sys.executable).parent / "cifras"), "ingest", "--source", "/etc"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "error: source /etc is outside the configured root" in done.stderr
+    assert "Encountered exception during execution: CifrasError" in done.stderr  # still logged
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
