@@ -351,6 +351,8 @@ def fine_tune_cmd(
     promote: bool = typer.Option(True, help="--no-promote registers a challenger only."),
     pair_share: float = typer.Option(None, help="Squeezed pairs of weak digits, trained towards "
                                      "'no one digit', per weak digit (default from conf: 0)."),
+    newest_per_scan: bool = typer.Option(False, "--newest-per-scan", help=(
+        "A scan read by several runs (forced re-reads) counts once, from its newest shard.")),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Fine-tune the champion on weakly labelled digits; promote only by the promotion rule."""
@@ -358,7 +360,7 @@ def fine_tune_cmd(
 
     _run(lambda: fine_tune_flow(shards, model=model, epochs=epochs, learning_rate=learning_rate,
                                 mnist_ratio=mnist_ratio, promote=promote,
-                                pair_share=pair_share), as_json)
+                                pair_share=pair_share, newest_per_scan=newest_per_scan), as_json)
 
 
 @app.command("harvest-cells")

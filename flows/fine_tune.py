@@ -29,9 +29,10 @@ from tasks.weak_labels import WeakDigits, harvest_cells, load_shards, shard_byte
 
 
 @task(name="load-digit-shards", **IO_RETRIES)
-def load_shards_task(uris: list[str], settings: Settings) -> tuple[WeakDigits, list[str]]:
+def load_shards_task(uris: list[str], settings: Settings, newest_per_scan: bool = False
+                     ) -> tuple[WeakDigits, list[str]]:
     try:
-        return load_shards(uris, settings)
+        return load_shards(uris, settings, newest_per_scan)
     except (ValueError, FileNotFoundError) as exc:
         raise CifrasError(str(exc)) from exc
 
@@ -53,10 +54,12 @@ def fine_tune_task(base, x, y, settings: Settings, client, run_id: str, epochs: 
 @flow(name="fine-tune", log_prints=True)
 def fine_tune_flow(shards: list[str], model: str | None = None, epochs: int | None = None,
                    learning_rate: float | None = None, mnist_ratio: float | None = None,
-                   promote: bool = True, pair_share: float | None = None) -> dict:
+                   promote: bool = True, pair_share: float | None = None,
+                   newest_per_scan: bool = False) -> dict:
     """Fine-tune `model` (default: the champion) on the digit shards at `shards` (ingest runs'
     exports/datasets/<run>/digits, or `cifras harvest-cells` output). Digits from the
-    validation telegrams are dropped by scan hash, so the judge never sees its own lessons."""
+    validation telegrams are dropped by scan hash, so the judge never sees its own lessons.
+    `newest_per_scan`: a scan read by several runs counts once, from its newest shard."""
     settings = load_settings()
     ft = settings.fine_tune
     epochs, learning_rate = epochs or ft.epochs, learning_rate or ft.learning_rate
@@ -65,7 +68,7 @@ def fine_tune_flow(shards: list[str], model: str | None = None, epochs: int | No
     logger = run_logger()
     client = tracking.configure_mlflow(settings)
     ref, base = load_model_task(client, model or settings.evaluate.model_uri)
-    weak, files = load_shards_task(shards, settings)
+    weak, files = load_shards_task(shards, settings, newest_per_scan)
     vs = validation_set_for(settings)
     held_out = vs.hashes if vs is not None else set()
     kept = weak.without(held_out)

@@ -11,8 +11,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 from fsspec.implementations.local import LocalFileSystem
 from prefect import task
@@ -25,7 +24,7 @@ from tasks.persist import known_scans, persist_chunk
 from tasks.prefect_utils import COMPUTE, IO_RETRIES, run_logger
 from tasks.read import PreparedScan, ReadOptions, ScanReading, infer_and_compose, prepare_pages
 from tasks.settings import Settings
-from tasks.storage import content_hash, filesystem, join, key_problem, printable, write_bytes
+from tasks.storage import content_hash, filesystem, join, key_problem, modified_time, printable, write_bytes
 from tasks.template import load_template
 
 
@@ -73,16 +72,6 @@ def worker_processes(settings: Settings) -> int:
     return 0 if multiprocessing.current_process().daemon else settings.read.workers
 
 
-def _modified(info: dict[str, Any]) -> datetime | None:
-    for key in ("LastModified", "mtime", "last_modified", "created"):
-        v = info.get(key)
-        if isinstance(v, datetime):
-            return v if v.tzinfo else v.replace(tzinfo=UTC)
-        if isinstance(v, int | float):
-            return datetime.fromtimestamp(v, UTC)
-    return None
-
-
 def list_objects(source: str, settings: Settings) -> list[ObjectRef]:
     """Image objects under a URL, in a stable order. An object whose name could escape the
     root (or not be stored), or a symlink leading out of a local root, is listed as refused
@@ -107,7 +96,7 @@ def list_objects(source: str, settings: Settings) -> list[ObjectRef]:
             continue
         uri = f"{protocol}://{path}" if protocol != "file" else f"file://{path}"
         etag = info.get("ETag") or info.get("etag")
-        mod = _modified(info)
+        mod = modified_time(info)
         refused = key_problem(path[len(prefix):]) if path.startswith(prefix) else "outside the root"
         if refused is None and local and (info.get("islink") or info.get("type") != "file"):
             real = os.path.realpath(path)

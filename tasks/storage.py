@@ -16,6 +16,7 @@ import os
 import posixpath
 import re
 import shutil
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -39,6 +40,18 @@ def filesystem(uri: str, settings: Settings | None = None) -> tuple[fsspec.Abstr
         return url_to_fs(uri, **storage_options(uri, settings))
     except (ValueError, ImportError) as exc:
         raise CifrasError(f"cannot open storage {uri}: {exc}") from exc
+
+
+def modified_time(info: dict[str, Any]) -> datetime | None:
+    """An object's modification time from an fsspec listing entry (local, S3 and others name it
+    differently), in UTC."""
+    for key in ("LastModified", "mtime", "last_modified", "created"):
+        v = info.get(key)
+        if isinstance(v, datetime):
+            return v if v.tzinfo else v.replace(tzinfo=UTC)
+        if isinstance(v, int | float):
+            return datetime.fromtimestamp(v, UTC)
+    return None
 
 
 MAX_KEY_BYTES = 1024  # S3's own limit on a key; a local path component allows 255

@@ -22,7 +22,7 @@ from tasks.cell_reader import read_cell_versions
 from tasks.scoring import digit_pairs
 from tasks.segment import Segmentation
 from tasks.settings import Settings
-from tasks.storage import filesystem
+from tasks.storage import filesystem, modified_time
 
 
 @dataclass
@@ -126,11 +126,17 @@ def shard_bytes(weak: WeakDigits) -> bytes:
     return buf.getvalue()
 
 
-def load_shards(uris: list[str], settings: Settings) -> tuple[WeakDigits, list[str]]:
+def load_shards(uris: list[str], settings: Settings | None,
+                newest_per_scan: bool = False) -> tuple[WeakDigits, list[str]]:
     """Every digit shard (`*.npz` holding x and y) at or under the given URLs, with the files
     read. Shards from before scan hashes were exported are refused: they could hold
-    validation telegrams and nothing could tell."""
-    parts, files = [], []
+    validation telegrams and nothing could tell.
+
+    `newest_per_scan`: a scan read by several runs (a forced re-read) has its digits in each
+    run's shards; keep only those of its newest shard file. Off by default: the documented
+    model chain (deploy/rebuild-models.sh) was fine-tuned on both copies of its first 900
+    telegrams. A file given twice is still loaded twice (a deliberate weight)."""
+    parts, files, stamps = [], [], []
     for uri in uris:
         fs, root = filesystem(uri, settings)
         protocol = uri.split("://", 1)[0] if "://" in uri else "file"
@@ -144,4 +150,23 @@ def load_shards(uris: list[str], settings: Settings) -> tuple[WeakDigits, list[s
                 parts.append(WeakDigits(d["x"].astype(np.uint8), d["y"].astype(np.int64),
                                         d["scan"].astype(str)))
             files.append(f"{protocol}://{path}")
+            if newest_per_scan:
+                stamps.append(modified_time(fs.info(path)))
+    if newest_per_scan:
+        parts = _newest_per_scan(parts, files, stamps)
     return WeakDigits.concat(parts), files
+
+
+def _newest_per_scan(parts: list[WeakDigits], files: list[str], stamps: list) -> list[WeakDigits]:
+    """Each scan's digits from the newest file that holds it (by modification time, then name)."""
+    owner: dict[str, str] = {}
+    newest_first = sorted(range(len(files)), key=lambda i: (stamps[i] is not None, stamps[i] or 0, files[i]),
+                          reverse=True)
+    for i in newest_first:
+        for h in set(parts[i].scan.tolist()):
+            owner.setdefault(h, files[i])
+    out = []
+    for part, f in zip(parts, files, strict=True):
+        keep = np.array([owner[h] == f for h in part.scan.tolist()], bool)
+        out.append(WeakDigits(part.x[keep], part.y[keep], part.scan[keep]))
+    return out

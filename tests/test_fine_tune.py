@@ -51,6 +51,29 @@ def test_shards_exclude_validation_scans_and_refuse_unhashed(tmp_path: Path):
         load_shards([tmp_path.as_uri()], None)
 
 
+
+def test_a_scan_read_by_several_runs_counts_once_from_its_newest_shard_when_asked(tmp_path: Path):
+    """A forced re-read exports a scan's digits again under the new run; by default both copies
+    load (the documented model chain was trained that way), with `newest_per_scan` only the
+    newest run's. A file given twice still loads twice (a deliberate weight)."""
+    import os
+
+    x = np.zeros((3, 28, 28), np.uint8)
+    runs = {"run-old": ([1, 2, 7], ["h1", "h1", "h2"], 1_000), "run-new": ([1, 3], ["h1", "h1"], 2_000)}
+    for run, (labels, scans, mtime) in runs.items():
+        shard = tmp_path / "datasets" / run / "digits" / "chunk-00000.npz"
+        shard.parent.mkdir(parents=True)
+        shard.write_bytes(shard_bytes(WeakDigits(x[: len(labels)], np.array(labels), np.array(scans))))
+        os.utime(shard, (mtime, mtime))
+    root = (tmp_path / "datasets").as_uri()
+    both, _ = load_shards([root], None)
+    assert sorted(both.y.tolist()) == [1, 1, 2, 3, 7]
+    newest, files = load_shards([root], None, newest_per_scan=True)
+    assert sorted(newest.y.tolist()) == [1, 3, 7] and len(files) == 2  # h1 from run-new, h2 kept
+    old_file = (tmp_path / "datasets" / "run-old" / "digits" / "chunk-00000.npz").as_uri()
+    twice, _ = load_shards([old_file, old_file], None, newest_per_scan=True)
+    assert len(twice) == 6
+
 def test_training_mix_and_fine_tune_keep_the_architecture_and_the_base():
     from tasks.fine_tuning import fine_tune, training_mix
     from tasks.model import EXPECTED_PARAMS, build_mnist_convnet
