@@ -133,8 +133,13 @@ def discover_task(settings: Settings, source: str, model_version: str, since: da
 _submitting = threading.Lock()
 
 
+# what became of one listed object: "read" (its pages, possibly none), "vanished" or
+# "duplicate"; its content hash ("" when it was never fetched); seconds spent fetching
+Outcome = tuple[str, list[PreparedScan], str, float]
+
+
 def _prepare_in_workers(refs: list[ObjectRef], fetch, workers: int, threads: int, template_name: str,
-                        opt: ReadOptions, timeout_s: float) -> list[tuple[str, list[PreparedScan], float]]:
+                        opt: ReadOptions, timeout_s: float) -> list[Outcome]:
     """Fetch in `threads` threads (I/O), prepare in the shared pool of worker processes: each
     scan goes to the pool as soon as its bytes are in."""
     from tasks import workers as worker_pool
@@ -144,9 +149,9 @@ def _prepare_in_workers(refs: list[ObjectRef], fetch, workers: int, threads: int
     def fetch_and_submit(ref: ObjectRef):
         outcome, got, digest, t_fetch = fetch(ref)
         if outcome != "read":
-            return outcome, got, t_fetch, None
+            return outcome, got, digest, t_fetch, None
         job = (got, ref.uri, digest)  # the bytes are held by the job alone, until its pages are back
-        return outcome, None, t_fetch, (job, worker_pool.submit(pool, job, template_name, opt))
+        return outcome, None, digest, t_fetch, (job, worker_pool.submit(pool, job, template_name, opt))
 
     with _submitting:  # a chunk's scans queue behind the previous chunk's, not among them
         if threads > 1:
@@ -156,14 +161,15 @@ def _prepare_in_workers(refs: list[ObjectRef], fetch, workers: int, threads: int
             fetched = [fetch_and_submit(ref) for ref in refs]
     jobs = [sent[0] for *_, sent in fetched if sent is not None]
     futures = [sent[1] for *_, sent in fetched if sent is not None]
-    fetched = [(outcome, got, t_fetch, sent is not None) for outcome, got, t_fetch, sent in fetched]
+    fetched = [(outcome, got, digest, t_fetch, sent is not None)
+               for outcome, got, digest, t_fetch, sent in fetched]
     pages = iter(worker_pool.collect(pool, jobs, futures, template_name, opt, timeout_s=timeout_s))
     out = []
-    for outcome, got, t_fetch, was_sent in fetched:
+    for outcome, got, digest, t_fetch, was_sent in fetched:
         if was_sent:
-            out.append(("read", next(pages), t_fetch))
+            out.append(("read", next(pages), digest, t_fetch))
         else:
-            out.append(("read" if outcome == "done" else outcome, got or [], t_fetch))
+            out.append(("read" if outcome == "done" else outcome, got or [], digest, t_fetch))
     return out
 
 
@@ -197,14 +203,14 @@ def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracki
         t_fetch = time.perf_counter() - t0
         digest = content_hash(data)
         if not force and digest in known_hashes:
-            return "duplicate", digest, digest, t_fetch  # its hash stands in for the pages
+            return "duplicate", None, digest, t_fetch
         return "read", data, digest, t_fetch
 
-    def fetch_and_prepare(ref: ObjectRef) -> tuple[str, list[PreparedScan], float]:
+    def fetch_and_prepare(ref: ObjectRef) -> Outcome:
         outcome, got, digest, t_fetch = fetch(ref)
         if outcome == "read":  # one per page
-            return "read", list(prepare_pages(got, ref.uri, digest, template, opt)), t_fetch
-        return ("read" if outcome == "done" else outcome), got or [], t_fetch
+            return "read", list(prepare_pages(got, ref.uri, digest, template, opt)), digest, t_fetch
+        return ("read" if outcome == "done" else outcome), got or [], digest, t_fetch
 
     t0 = time.perf_counter()
     threads = min(settings.read.threads, len(refs))
@@ -220,13 +226,12 @@ def read_chunk_task(refs: list[ObjectRef], settings: Settings, model_ref: tracki
     # stage times below are summed over threads; this is the wall time they overlapped in
     totals: dict[str, float] = {"wall_prepare": time.perf_counter() - t0, "fetch": 0.0}
     prepared, dup, vanished = [], [], []
-    for ref, (outcome, pages, t_fetch) in zip(refs, outcomes, strict=True):
+    for ref, (outcome, pages, digest, t_fetch) in zip(refs, outcomes, strict=True):
         totals["fetch"] += t_fetch
         if outcome == "vanished":
             vanished.append(ref.uri)
         elif outcome == "duplicate":
-            dup.append((ref.uri, pages))
-            continue
+            dup.append((ref.uri, digest))
         for p in pages:
             for k, v in p.timings.items():
                 totals[k] = totals.get(k, 0.0) + v

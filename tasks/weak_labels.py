@@ -140,8 +140,9 @@ def load_shards(uris: list[str], settings: Settings | None,
     for uri in uris:
         fs, root = filesystem(uri, settings)
         protocol = uri.split("://", 1)[0] if "://" in uri else "file"
-        paths = [root] if fs.isfile(root) else sorted(p for p in fs.find(root) if p.endswith(".npz"))
-        for path in paths:
+        listing = ({root: fs.info(root)} if fs.isfile(root) else
+                   {p: i for p, i in fs.find(root, detail=True).items() if p.endswith(".npz")})
+        for path in sorted(listing):
             with np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False) as d:
                 if "x" not in d or "y" not in d or d["x"].shape[1:] != (28, 28):
                     continue  # e.g. a numbers shard: cell crops, not digits
@@ -151,7 +152,7 @@ def load_shards(uris: list[str], settings: Settings | None,
                                         d["scan"].astype(str)))
             files.append(f"{protocol}://{path}")
             if newest_per_scan:
-                stamps.append(modified_time(fs.info(path)))
+                stamps.append(modified_time(listing[path]))
     if newest_per_scan:
         parts = _newest_per_scan(parts, files, stamps)
     return WeakDigits.concat(parts), files
